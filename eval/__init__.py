@@ -1,0 +1,1 @@
+"""Evaluation metrics: Fréchet distance, KID, Inception Score, colour metrics, extractors."""

@@ -1,0 +1,1 @@
+"""Networks, losses, colour spaces and GAN variants, found by name in `models.registry`."""

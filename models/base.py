@@ -1,0 +1,124 @@
+"""The contract between GAN variants and the trainer.
+
+A variant is one module under `models/variants/` that defines an options class
+(`ModelOptions` subclass with the reference implementation's defaults) and a
+`GANModel` subclass, and registers them with `@register_model` (models.registry).
+
+Data convention at this boundary (the trainer and the evaluator rely on it):
+- `batch["A"]`: model input, grayscale in [0, 1], shape (B, 1, H, W), float32.
+- `batch["B"]`: target colour RGB in [0, 1], shape (B, 3, H, W), float32.
+  For paired models A[i] and B[i] show the same place; for unpaired models the
+  trainer draws them independently.
+- `colourise(A)` returns RGB in [0, 1], shape (B, 3, H, W).
+Colour-space conversion and normalisation (RGB or CIE L*a*b*) happen inside the
+model through `models.colour`, so the trainer never needs to know about them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+GradientHook = Callable[[Iterable[nn.Parameter]], None]
+
+
+class ModelOptions(BaseModel):
+    """Options every variant understands. Subclasses override defaults to match
+    their reference implementation and add their own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # Fields holding channel widths; the training preset's width_scale multiplies them.
+    width_fields: ClassVar[tuple[str, ...]] = ("ngf", "ndf")
+
+    color_space: Literal["rgb", "lab"] = "rgb"
+    netG: str = "unet_256"
+    netD: Literal["basic", "n_layers", "pixel"] = "basic"
+    n_layers_D: int = Field(default=3, ge=1)
+    ngf: int = Field(default=64, ge=1)
+    ndf: int = Field(default=64, ge=1)
+    norm: Literal["batch", "instance", "none"] = "batch"
+    init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal"
+    init_gain: float = Field(default=0.02, gt=0)
+    dropout: bool = True
+    gan_mode: Literal["vanilla", "lsgan", "wgangp"] = "vanilla"
+    lambda_gp: float = Field(default=10.0, ge=0)  # gradient-penalty weight (wgangp)
+    n_critic: int = Field(default=1, ge=1)  # discriminator steps per generator step (wgangp: 5)
+    lr: float = Field(default=2e-4, gt=0)  # default for every network
+    lr_G: float | None = Field(default=None, gt=0)  # per-network overrides
+    lr_D: float | None = Field(default=None, gt=0)
+    beta1: float = Field(default=0.5, ge=0, lt=1)
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+
+
+class GANModel(ABC):
+    """A trainable GAN colouriser. Owns its networks and optimizers."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[ModelOptions]] = ModelOptions
+    paired: ClassVar[bool] = True  # False: the trainer feeds independent A and B
+
+    def __init__(self, opts: ModelOptions, device: torch.device) -> None:
+        self.opts = opts
+        self.device = device
+        self.nets: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        # Set by the trainer under torch.distributed: averages gradients across
+        # processes before each optimizer step (GANs step several optimizers per
+        # iteration, which DistributedDataParallel handles poorly).
+        self.gradient_hook: GradientHook | None = None
+
+    # -------------------------------------------------------------- to implement
+    @abstractmethod
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One training iteration on a batch; returns named losses as floats."""
+
+    @abstractmethod
+    def colourise(self, gray: torch.Tensor) -> torch.Tensor:
+        """Inference: (B, 1, H, W) gray in [0, 1] -> (B, 3, H, W) RGB in [0, 1]."""
+
+    # -------------------------------------------------------------- shared
+    def optimizer_step(self, name: str) -> None:
+        """Step one optimizer (after averaging gradients when distributed)."""
+        opt = self.optimizers[name]
+        if self.gradient_hook is not None:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            self.gradient_hook(params)
+        opt.step()
+
+    def train(self) -> None:
+        for net in self.nets.values():
+            net.train()
+
+    def eval(self) -> None:
+        for net in self.nets.values():
+            net.eval()
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {k: sum(p.numel() for p in n.parameters()) for k, n in self.nets.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "nets": {k: n.state_dict() for k, n in self.nets.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, n in self.nets.items():
+            n.load_state_dict(state["nets"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Other state that must survive a resume (e.g. CycleGAN's image pools)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        del state

@@ -1,0 +1,1 @@
+"""Luminescence stage code: harvest, align, train, evaluate, colourise."""
