@@ -1,0 +1,1 @@
+"""GAN variants: one module each, registered with models.registry.register_model."""
