@@ -200,6 +200,8 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(default=100, ge=1)
     num_val_samples: int = Field(default=4, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    log_every: int = Field(default=10, ge=1)  # DVCLive: mean training losses over this many steps
+    bf16: bool = True  # CUDA only: bf16 autocast + channels_last (CPU and MPS always run float32)
     # Shared model options applied to every ablation (validated per model).
     defaults: dict[str, Any] = {}
 
