@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,9 @@ def plan_run(ablation: str, params: Params, *, out_dir: Path | None = None,
     if len(train_split) == 0:
         raise TrainingError(f"dataset '{ab.dataset}' has no training tiles ({dataset_dir}/train.npy is "
                             f"empty); enlarge its AOI or change align.splits")
-    constant, decay = preset.schedule(len(train_split))
+    # Epoch-based schedules: an iteration of N processes consumes N batches.
+    world = distributed_from_env().world_size
+    constant, decay = preset.schedule(-(-len(train_split) // world))
     if steps is not None:
         if steps < 1:
             raise TrainingError(f"--steps must be at least 1 (got {steps})")
@@ -233,6 +236,14 @@ def summary_line(r: TrainResult) -> str:
 
 
 # --------------------------------------------------------------------------- validation
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast when enabled (CUDA only, see devices.uses_bf16); otherwise nothing."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+
 @contextlib.contextmanager
 def preserved_rng(device: torch.device) -> Iterator[None]:
     """Run a block without disturbing any global RNG, so validating never changes training."""
@@ -271,7 +282,7 @@ def validate(model: GANModel, val_pairs: np.ndarray, device: torch.device, *, bf
                 chunk = np.array(val_pairs[start:stop])
                 batch = full_tiles(chunk, 0, len(chunk))
                 gray = batch["A"].to(device)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                with autocast(device, bf16):
                     out = model.colourise(gray)
                 out = out.float().clamp(0.0, 1.0).cpu()
                 abs_sum += (out - batch["B"]).abs().double().sum().item()
@@ -391,6 +402,28 @@ def train(plan: RunPlan, *, resume: bool = True, stop_at: int | None = None, dev
             shutdown_distributed()
 
 
+def batch_stream(batches: PairBatches, start: int, end: int, *, prefetch: bool = False,
+                 pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches for steps start..end-1. With `prefetch` (on GPUs) the next batch is prepared
+    (and pinned) in a thread while the current step runs; batches are pure functions of
+    the step, so this changes nothing but speed. On CPU the cores are busy with the step."""
+    def prepare(step: int) -> dict[str, torch.Tensor]:
+        batch = batches.batch(step)
+        return {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+
+    if not prefetch:
+        for step in range(start, end):
+            yield prepare(step)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(prepare, start) if start < end else None
+        for step in range(start, end):
+            assert upcoming is not None
+            current = upcoming.result()
+            upcoming = pool.submit(prepare, step + 1) if step + 1 < end else None
+            yield current
+
+
 def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
@@ -497,17 +530,19 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
     window_n = 0
     bar = tqdm(total=total, initial=start, desc=plan.ablation, unit="step", dynamic_ncols=True,
                disable=not (progress and info.is_main), file=sys.stderr)
+    on_gpu = dev.type == "cuda"
+    stream = batch_stream(batches, start, end, prefetch=on_gpu, pin=on_gpu)
     model.train()
     try:
-        for step in range(start, end):
+        for step, cpu_batch in zip(range(start, end), stream, strict=True):
             t0 = time.perf_counter()
-            batch = {k: v.to(dev, non_blocking=True) for k, v in batches.batch(step).items()}
+            batch = {k: v.to(dev, non_blocking=True) for k, v in cpu_batch.items()}
             if bf16:
                 batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
             lrs = {name: opt.param_groups[0]["lr"] for name, opt in model.optimizers.items()}
             # bf16 autocast covers the variant's whole train_step (forward, backward and
             # step): the contract keeps them in one call. bf16 needs no loss scaling.
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+            with autocast(dev, bf16):
                 losses = model.train_step(batch)
             for sched in schedulers.values():
                 sched.step()

@@ -237,3 +237,15 @@ def test_resumed_run_does_not_log_steps_twice(datasets: Path, tmp_path: Path) ->
     with open(tsv) as fh:
         steps = [int(r["step"]) for r in csv.DictReader(fh, delimiter="\t")]
     assert steps == list(range(1, 9))
+
+
+def test_prefetched_batches_equal_sequential_ones(datasets: Path) -> None:
+    from pipeline.pair_batches import PairBatches
+
+    batches = PairBatches(open_split(datasets / "tiny", "train"), batch_size=2, crop_size=16,
+                          load_size=32, paired=True, seed=5)
+    plain = list(training.batch_stream(batches, 3, 9))
+    threaded = list(training.batch_stream(batches, 3, 9, prefetch=True))
+    assert len(plain) == len(threaded) == 6
+    for a, b in zip(plain, threaded, strict=True):
+        assert torch.equal(a["A"], b["A"]) and torch.equal(a["B"], b["B"])

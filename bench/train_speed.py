@@ -1,0 +1,162 @@
+"""Benchmark: training speed of one ablation with the default CPU preset, and what the
+trainer adds on top of the model's own train_step.
+
+    .venv/bin/python -m bench.train_speed [--ablation p2p_unet_rgb_gray] [--steps 40]
+                                         [--out docs/benchmarks/training.md]
+
+The dataset is cut from the bundled NYSDOP erie_2021 orthophotos (real imagery, resampled
+from 0.30 m to ~0.46 m per pixel, about the ground size of a z18 web-mercator pixel at 42.6 N,
+in 256-px tiles; not reprojected onto map tiles, which does not matter for speed). Every
+number below comes from the same process, measured one after the other:
+- `model only`: a bare loop over the same batches calling `model.train_step`;
+- `trainer, deterministic` / `trainer, not deterministic`: `pipeline.training.train`
+  (schedulers, logging, progress bar; validation and checkpoints excluded, timed apart);
+- one validation pass over the val split and one checkpoint save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import Resampling
+
+from pipeline.config import load_params
+from pipeline.dataset_format import DatasetInfo, open_split, write_info, write_split
+from pipeline.devices import seed_everything
+from pipeline.pair_batches import PairBatches
+from pipeline.training import plan_run, train, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample" / "erie_2021"
+WORK = ROOT / "bench" / "out" / "train_speed"
+SCALE = 0.30 / 0.46  # 1 ft pixels to ~z18 ground resolution
+
+
+def build_dataset(root: Path, name: str, tile: int = 256) -> Path:
+    """Cut 256-px RGB tiles (+ rec601 luma) from the erie_2021 orthophotos; 80/20 train/val."""
+    out = root / name
+    if (out / "dataset.json").exists():
+        return out
+    tiles = []
+    for jp2 in sorted(SAMPLE.glob("*.jp2")):
+        with rasterio.open(jp2) as src:
+            h, w = round(src.height * SCALE), round(src.width * SCALE)
+            rgb = src.read([1, 2, 3], out_shape=(3, h, w), resampling=Resampling.average)
+        for y in range(0, h - tile + 1, tile):
+            for x in range(0, w - tile + 1, tile):
+                tiles.append(np.moveaxis(rgb[:, y:y + tile, x:x + tile], 0, -1))
+    rgb = np.stack(tiles)
+    gray = np.rint(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    pairs = np.concatenate([gray.astype(np.uint8)[..., None], rgb], axis=-1)
+    order = np.random.default_rng(0).permutation(len(pairs))
+    n_val = len(pairs) // 5
+    write_split(out, "train", pairs[order[n_val:]])
+    write_split(out, "val", pairs[order[:n_val]])
+    write_info(out, DatasetInfo(name=name, input_kind="gray", input_layer="erie_2021 (bench cut)",
+                                target_layer="erie_2021 (bench cut)", synthetic_input=False,
+                                tile_size=tile, zoom=18, luma="rec601",
+                                counts={"train": len(pairs) - n_val, "val": n_val}))
+    return out
+
+
+def model_only_seconds(plan, steps: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per step of a bare loop: the model's train_step on the trainer's batches."""
+    seed_everything(0)
+    model = plan.model_cls(plan.options, torch.device("cpu"))
+    batches = PairBatches(open_split(plan.dataset_dir, "train"), batch_size=plan.preset.batch_size,
+                          crop_size=plan.preset.crop_size, load_size=plan.preset.load_size,
+                          paired=plan.model_cls.paired, seed=0)
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        model.train_step(batches.batch(step))
+    return (time.perf_counter() - start) / steps
+
+
+def trainer_seconds(plan, steps: int, deterministic: bool) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per step inside the trainer's loop (validation and checkpoints excluded)."""
+    cfg = plan.config.model_copy(update={"deterministic": deterministic, "val_every": 10**9,
+                                         "checkpoint_every": 10**9})
+    plan = dataclasses.replace(plan, config=cfg)
+    shutil.rmtree(plan.out_dir, ignore_errors=True)
+    return train(plan, resume=False, stop_at=steps, progress=False).step_seconds / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ablation", default="p2p_unet_rgb_gray")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/training.md"))
+    args = parser.parse_args()
+
+    params = load_params()
+    dataset = params.ablations[args.ablation].dataset
+    datasets = WORK / "datasets"
+    build_dataset(datasets, dataset)
+    plan = plan_run(args.ablation, params, out_dir=WORK / "run", datasets_dir=datasets)
+
+    bare = model_only_seconds(plan, args.steps)
+    det = trainer_seconds(plan, args.steps, deterministic=True)
+    nondet = trainer_seconds(plan, args.steps, deterministic=False)
+
+    model = plan.model_cls(plan.options, torch.device("cpu"))
+    val = open_split(plan.dataset_dir, "val")
+    start = time.perf_counter()
+    validate(model, val, torch.device("cpu"), samples=[0, 1, 2, 3])
+    val_s = time.perf_counter() - start
+    ckpt = plan.checkpoint_path
+    shutil.rmtree(plan.out_dir, ignore_errors=True)
+    start = time.perf_counter()
+    train(plan, resume=False, stop_at=1, progress=False)  # one step + one checkpoint
+    first_step_and_save = time.perf_counter() - start
+    size_mb = ckpt.stat().st_size / 1e6
+
+    total = plan.total_steps
+    n_val = -(-total // plan.config.val_every)
+    estimate = det * total + n_val * val_s
+    counts = model.parameter_counts()
+    lines = [
+        "# Training speed benchmark",
+        "",
+        f"Measured {datetime.date.today()} on {platform.machine()}, {torch.get_num_threads()} CPU threads, "
+        f"torch {torch.__version__}, by `python -m bench.train_speed --ablation {args.ablation} "
+        f"--steps {args.steps}`.",
+        f"Ablation `{args.ablation}` ({plan.model_cls.name}, {plan.options.netG}, ngf {plan.options.ngf}, "
+        f"ndf {plan.options.ndf}; parameters "
+        + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+        + f") with the `{plan.preset_name}` preset: batch {plan.preset.batch_size}, "
+        f"crop {plan.preset.crop_size} of {plan.preset.load_size}-px tiles. Dataset: {plan.train_tiles} "
+        f"train / {plan.val_tiles} val 256-px tiles cut from the bundled NYSDOP erie_2021 orthophotos "
+        "(real imagery).",
+        f"Mean over {args.steps} steps (the first included in each); all numbers from the same process.",
+        "",
+        "| what | s/step | ratio to model only |",
+        "|---|---|---|",
+        f"| model only (bare loop over the same batches) | {bare:.3f} | 1.00 |",
+        f"| trainer, deterministic (default) | {det:.3f} | {det / bare:.2f} |",
+        f"| trainer, not deterministic | {nondet:.3f} | {nondet / bare:.2f} |",
+        "",
+        f"One validation pass ({plan.val_tiles} whole tiles + sample grid): {val_s:.1f} s. "
+        f"First step + checkpoint save: {first_step_and_save:.1f} s; checkpoint {size_mb:.1f} MB.",
+        f"Estimated full `{plan.preset_name}` run ({total} steps, {n_val} validations): "
+        f"{estimate / 60:.1f} min.",
+        "",
+        "The machine is shared and noisy: compare the ratios, not the absolute times.",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
