@@ -30,7 +30,9 @@ import torch
 from pipeline.errors import LuminescenceError
 
 FORMAT = "luminescence-train-checkpoint"
+MODEL_FORMAT = "luminescence-model"  # runs/<ablation>/model.pt: trained networks only
 VERSION = 1
+_MODEL_KEYS = ("ablation", "model", "options", "identity_hash", "step", "nets", "dataset")
 _REQUIRED = ("ablation", "model", "options", "identity", "identity_hash", "step", "total_steps",
              "finished", "nets", "optimizers", "schedulers", "ranks")
 
@@ -126,17 +128,29 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 
 # --------------------------------------------------------------------------- files
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, flushed, then renamed.
+    """Write a training checkpoint atomically (see `save_atomic`)."""
+    save_atomic(path, {"format": FORMAT, "version": VERSION, **payload})
 
-    A crash (even SIGKILL) at any moment leaves either the previous checkpoint or the
-    new one, never a half-written file.
+
+def save_model_file(path: Path, checkpoint: dict[str, Any]) -> None:
+    """The trained networks alone (no optimizer or RNG state): what evaluation and
+    inference load, small enough to version with DVC."""
+    save_atomic(path, {"format": MODEL_FORMAT, "version": VERSION,
+                       **{k: checkpoint[k] for k in _MODEL_KEYS}})
+
+
+def save_atomic(path: Path, obj: dict[str, Any]) -> None:
+    """torch.save to a temporary file in the same folder, flushed, then renamed.
+
+    A crash (even SIGKILL) at any moment leaves either the previous file or the new
+    one, never a half-written file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, fh)
+            torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -167,8 +181,18 @@ def _unreadable(path: Path, reason: str) -> CheckpointError:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True and check its structure."""
-    path = Path(path)
+    """Load a training checkpoint with weights_only=True and check its structure."""
+    obj = _load_safely(Path(path))
+    if obj.get("format") != FORMAT:
+        raise _unreadable(path, "not a Luminescence training checkpoint (a plain state dict, a "
+                                "model.pt or another program's file?)")
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise _unreadable(path, f"incomplete: missing {', '.join(missing)}")
+    return obj
+
+
+def _load_safely(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -182,15 +206,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise _unreadable(path, f"corrupt: {_first_line(detail)}") from None
     except Exception as exc:  # truncated zip, random bytes, ...: torch raises many kinds
         raise _unreadable(path, f"truncated or corrupt: {_first_line(exc)}") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise _unreadable(path, "not a Luminescence training checkpoint (a plain state dict or "
-                                "another program's file?)")
+    if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, MODEL_FORMAT):
+        raise _unreadable(path, "not a Luminescence checkpoint (a plain state dict or another "
+                                "program's file?)")
     if not isinstance(obj.get("version"), int) or obj["version"] > VERSION:
         raise _unreadable(path, f"format version {obj.get('version')!r}, this code reads up to "
                                 f"{VERSION}; update the code")
-    missing = [k for k in _REQUIRED if k not in obj]
-    if missing:
-        raise _unreadable(path, f"incomplete: missing {', '.join(missing)}")
     return obj
 
 
@@ -200,11 +221,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> Any:
-    """A trained GANModel from a checkpoint, networks loaded, in eval mode (for inference)."""
+    """A trained GANModel, networks loaded, in eval mode (for evaluation and inference),
+    from runs/<ablation>/model.pt or a training checkpoint."""
     from models.registry import get_model_class
 
     device = torch.device(device)
-    ckpt = read_checkpoint(path)
+    ckpt = _load_safely(Path(path))
+    missing = [k for k in _MODEL_KEYS if k not in ckpt]
+    if missing:
+        raise _unreadable(Path(path), f"incomplete: missing {', '.join(missing)}")
     cls = get_model_class(ckpt["model"])
     model = cls(cls.Options.model_validate(ckpt["options"]), device)
     for name, net in model.nets.items():

@@ -46,6 +46,7 @@ from pipeline.checkpoint import (
     remove_stale_temp_files,
     restore_rng,
     save_checkpoint,
+    save_model_file,
     weights_digest,
 )
 from pipeline.config import Params, TrainConfig, TrainPreset, lookup
@@ -124,6 +125,10 @@ class RunPlan:
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / "checkpoint.pt"
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / "model.pt"
 
     def identity(self, fingerprint: str) -> dict[str, Any]:
         """What a resumed checkpoint must match exactly (the params hash is its digest)."""
@@ -446,6 +451,8 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
         if ckpt["finished"]:
             result.start_step = result.end_step = int(ckpt["step"])
             result.skipped = True
+            if info.is_main and not plan.model_path.exists():
+                save_model_file(plan.model_path, ckpt)
             return result
 
     # Same seed on every process for the initial weights (rank 0's are broadcast anyway).
@@ -495,8 +502,9 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
     if info.is_main:
         plan.out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(ckpt_path)
-        if start == 0:
+        if start == 0:  # a fresh run: nothing of an older one may survive it
             shutil.rmtree(plan.out_dir / "samples", ignore_errors=True)
+            plan.model_path.unlink(missing_ok=True)
         record = options_record(plan, model, dev, info.world_size, fingerprint)
         atomic_write_bytes(plan.out_dir / "options.json", (json.dumps(record, indent=2) + "\n").encode())
         live = open_live(plan.out_dir, start)
@@ -515,7 +523,7 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
                     f"{plan.ablation}: the {info.world_size} processes hold different weights at step "
                     f"{done}; the model must update through GANModel.optimizer_step (a bug, please report)")
             state = model.state_dict()
-            save_checkpoint(ckpt_path, {
+            payload = {
                 "ablation": plan.ablation, "model": plan.model_cls.name,
                 "options": plan.options.model_dump(mode="json"), "identity": identity,
                 "identity_hash": identity_hash(identity), "step": done, "total_steps": total,
@@ -524,7 +532,10 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
                 "dataset": asdict(plan.dataset),
                 "meta": {"torch": str(torch.__version__), "device": str(dev), "world_size": info.world_size,
                          "deterministic": cfg.deterministic},
-            })
+            }
+            save_checkpoint(ckpt_path, payload)
+            if done >= total:
+                save_model_file(plan.model_path, payload)
 
     window: dict[str, float] = {}
     window_n = 0

@@ -114,7 +114,7 @@ def test_arbitrary_objects_are_refused_so_weights_only_is_used(trained: Path) ->
 def test_a_plain_state_dict_is_not_a_training_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "latest_net_G.pth"
     torch.save(torch.nn.Conv2d(1, 1, 1).state_dict(), path)
-    assert "not a Luminescence training checkpoint" in _one_line_error(path)
+    assert "not a Luminescence checkpoint" in _one_line_error(path)
 
 
 def test_newer_format_version(trained: Path) -> None:
@@ -189,9 +189,28 @@ def test_a_failed_save_keeps_the_previous_checkpoint(trained: Path, monkeypatch:
 
 
 def test_load_model_for_inference(trained: Path) -> None:
-    model = load_model(trained)
-    assert isinstance(model, TinyP2P) and not model.nets["G"].training
-    assert torch.equal(model.nets["G"][0].weight, read_checkpoint(trained)["nets"]["G"]["0.weight"])
+    weights = read_checkpoint(trained)["nets"]["G"]["0.weight"]
+    for path in (trained, trained.parent / "model.pt"):
+        model = load_model(path)
+        assert isinstance(model, TinyP2P) and not model.nets["G"].training
+        assert torch.equal(model.nets["G"][0].weight, weights)
+
+
+def test_model_file_is_small_and_not_resumable(trained: Path) -> None:
+    model_file = trained.parent / "model.pt"
+    assert model_file.stat().st_size < 0.6 * trained.stat().st_size  # no Adam moments, no RNG
+    assert "not a Luminescence training checkpoint" in _one_line_error(model_file)
+
+
+def test_model_file_only_for_finished_runs(datasets: Path, tmp_path: Path) -> None:
+    plan = plan_run("tiny", tiny_params(), out_dir=tmp_path / "run", datasets_dir=datasets)
+    train(plan, progress=False)
+    assert plan.model_path.exists()
+    train(plan, resume=False, stop_at=3, progress=False)  # starting over removes the old one
+    assert not plan.model_path.exists()
+    train(plan, progress=False)
+    plan.model_path.unlink()
+    assert train(plan, progress=False).skipped and plan.model_path.exists()  # no-op restores it
 
 
 # --------------------------------------------------------------------------- SIGKILL

@@ -76,7 +76,7 @@ def test_stage_outputs_resume_no_op_and_mismatch(tmp_path: Path, monkeypatch: py
 
     code, out, _ = _run(["tiny", "--no-progress"], capsys)
     assert code == 0 and out.startswith("trained tiny: 5 steps in ") and "resumed at step 3" in out
-    for name in ("checkpoint.pt", "options.json", "dvclive/metrics.json", "samples/latest.png",
+    for name in ("checkpoint.pt", "model.pt", "options.json", "dvclive/metrics.json", "samples/latest.png",
                  "samples/step_000008.png"):
         assert (run / name).is_file(), name
     options = json.loads((run / "options.json").read_text())
