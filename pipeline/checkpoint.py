@@ -129,7 +129,31 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 # --------------------------------------------------------------------------- files
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write a training checkpoint atomically (see `save_atomic`)."""
+    check_plain(payload)
     save_atomic(path, {"format": FORMAT, "version": VERSION, **payload})
+
+
+_PLAIN = (str, bytes, int, float, bool, type(None), torch.Tensor, torch.Size, torch.dtype, torch.device)
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Fail at save time (not at the next resume) when something would not load with
+    weights_only=True, e.g. a variant's extra_state holding a deque or a NumPy array."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str | int):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}; use str or int keys")
+            check_plain(value, f"{where}.{key}")
+    elif isinstance(obj, list | tuple | set):
+        if type(obj) not in (list, tuple, set):  # namedtuples etc. need their class to load
+            raise TypeError(f"{where} is a {type(obj).__name__}; store a plain list or tuple")
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN):
+        raise TypeError(f"{where} holds a {type(obj).__module__}.{type(obj).__name__}, which "
+                        f"torch.load(weights_only=True) refuses; store tensors and plain data only")
+    elif isinstance(obj, str | int | float) and type(obj) not in (str, int, float, bool):
+        raise TypeError(f"{where} is a {type(obj).__name__} (a subclass of a plain type); convert it")
 
 
 def save_model_file(path: Path, checkpoint: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
@@ -244,3 +245,14 @@ def test_resume_after_sigkill_is_bit_identical(datasets: Path, tmp_path: Path) -
     straight = plan_run("tiny", params_obj, out_dir=tmp_path / "straight", datasets_dir=datasets)
     train(straight, progress=False)
     assert_same_tree(trained_state(out / "checkpoint.pt"), trained_state(straight.checkpoint_path))
+
+
+@pytest.mark.parametrize(("value", "named"), [
+    (np.float32(1.0), "numpy.float32"),
+    (collections.deque([1]), "deque"),
+    (torch.torch_version.TorchVersion("2.0"), "TorchVersion"),
+])
+def test_unloadable_state_is_refused_when_saving(tmp_path: Path, value: Any, named: str) -> None:
+    with pytest.raises(TypeError, match=named):
+        save_checkpoint(tmp_path / "c.pt", {"ranks": [{"extra": {"pool": value}}]})
+    assert not (tmp_path / "c.pt").exists()
