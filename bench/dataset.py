@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_build:
         builds = {}
         for name, export in (("gray", False), ("gray", True), ("historic", True)):
-            params = parse_params({**base, "align": {"export_layouts": export}})
+            # No guard band, so all 5,000 tiles become pairs (the band only skips tiles early).
+            params = parse_params({**base, "align": {"export_layouts": export, "splits": {"guard_band": 0}}})
             t0 = time.perf_counter()
             summary = build_dataset(name, params, tiles_dir=tiles_dir, out_dir=ds_dir)
             seconds = time.perf_counter() - t0
@@ -187,6 +188,10 @@ def main(argv: list[str] | None = None) -> None:
               f"({fast_sps / slow_sps:.1f}x); {fast_sps / TRAINER_SAMPLES_PER_S:.0f}x what a "
               f"unet_256 step consumes")
     results["loader"] = loaders
+    results["store_sizes_mb"] = {p.name: p.stat().st_size / 1e6 for p in sorted(tiles_dir.glob("*.mbtiles"))}
+    results["dataset_sizes_mb"] = {
+        name: sum(f.stat().st_size for f in (ds_dir / name).rglob("*") if f.is_file()) / 1e6
+        for name in ("gray", "historic") if (ds_dir / name).exists()}
     results["train_samples"] = len(train)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,18 +280,28 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def write_layouts(root: Path, result: AlignResult) -> None:
-    """pix2pix aligned A|B PNGs and unpaired trainA/trainB-style folders."""
+    """pix2pix aligned A|B PNGs and unpaired trainA/trainB-style folders (PNG encoding in threads)."""
+    jobs = []
     for split in SPLITS:
-        dirs = [root / "aligned" / split, root / "unpaired" / f"{split}A", root / "unpaired" / f"{split}B"]
+        dirs = (root / "aligned" / split, root / "unpaired" / f"{split}A", root / "unpaired" / f"{split}B")
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
-        for pair, sample in zip(result.pairs[split], result.arrays[split], strict=True):
-            stem = f"{pair.tile.z}_{pair.tile.x}_{pair.tile.y}.png"
-            gray, rgb = sample[..., 0], sample[..., 1:]
-            gray3 = np.repeat(gray[..., None], 3, axis=-1)
-            (dirs[0] / stem).write_bytes(_png(np.concatenate([gray3, rgb], axis=1)))
-            (dirs[1] / stem).write_bytes(_png(gray))
-            (dirs[2] / stem).write_bytes(_png(rgb))
+        jobs += [(dirs, pair.tile, sample) for pair, sample in
+                 zip(result.pairs[split], result.arrays[split], strict=True)]
+
+    def write(job: tuple[tuple[Path, Path, Path], TileId, np.ndarray]) -> None:
+        (aligned, a_dir, b_dir), tile, sample = job
+        stem = f"{tile.z}_{tile.x}_{tile.y}.png"
+        gray, rgb = sample[..., 0], sample[..., 1:]
+        gray3 = np.repeat(gray[..., None], 3, axis=-1)
+        (aligned / stem).write_bytes(_png(np.concatenate([gray3, rgb], axis=1)))
+        (a_dir / stem).write_bytes(_png(gray))
+        (b_dir / stem).write_bytes(_png(rgb))
+
+    # zlib releases the GIL, so threads encode in parallel.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for _ in pool.map(write, jobs):
+            pass
 
 
 MANIFEST_COLUMNS = [

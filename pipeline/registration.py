@@ -22,6 +22,7 @@ matrix-multiply DFT, which is exact for the band-limited surface (no parabola bi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +57,17 @@ def gradient_magnitude(gray: np.ndarray) -> np.ndarray:
     return np.hypot(ndimage.sobel(img, axis=1), ndimage.sobel(img, axis=0))
 
 
+@functools.lru_cache(maxsize=8)
 def _hann2d(shape: tuple[int, int]) -> np.ndarray:
     return np.outer(np.hanning(shape[0]), np.hanning(shape[1])).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _spectral_weight(shape: tuple[int, int]) -> np.ndarray:
+    """Gaussian low-pass over the FFT bins, normalised so a perfect match peaks at 1."""
+    fy, fx = np.fft.fftfreq(shape[0]), np.fft.fftfreq(shape[1])
+    weight = np.exp(-(fy[:, None] ** 2 + fx[None, :] ** 2) / (2 * SPECTRAL_SIGMA ** 2))
+    return (weight / weight.sum()).astype(np.float32)
 
 
 def estimate_offset(reference: np.ndarray, moving: np.ndarray, max_shift_px: float,
@@ -75,11 +85,8 @@ def estimate_offset(reference: np.ndarray, moving: np.ndarray, max_shift_px: flo
     magnitude = np.abs(cross)
     if not magnitude.any():  # a flat image has no edges to correlate
         return Offset(0.0, 0.0, 0.0)
-    fy, fx = np.fft.fftfreq(ny), np.fft.fftfreq(nx)
-    weight = np.exp(-(fy[:, None] ** 2 + fx[None, :] ** 2) / (2 * SPECTRAL_SIGMA ** 2))
     # Phase only (whitened), low-passed, scaled so a perfect match peaks at 1.
-    spectrum = cross / np.maximum(magnitude, 1e-12 * magnitude.max()) * (weight / weight.sum())
-    spectrum = spectrum.astype(np.complex64)
+    spectrum = cross / np.maximum(magnitude, 1e-12 * magnitude.max()) * _spectral_weight((ny, nx))
     surface = fft.ifft2(spectrum).real * (nx * ny)
 
     sy, sx = np.fft.fftfreq(ny) * ny, np.fft.fftfreq(nx) * nx  # integer shift of each bin
