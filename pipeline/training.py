@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from models.base import GANModel, ModelOptions
 from models.registry import get_model_class, resolve_options
+from pipeline.align import DATASETS_DIR  # where the align stage writes <name>/{train,val,test}.npy
 from pipeline.checkpoint import (
     capture_rng,
     check_identity,
@@ -71,7 +72,6 @@ from pipeline.devices import (
 from pipeline.errors import LuminescenceError
 from pipeline.pair_batches import PairBatches, full_tiles
 
-DATASETS_DIR = Path("data/datasets")  # written by the align stage: <name>/{train,val,test}.npy
 RUNS_DIR = Path("runs")
 VAL_BATCH = 8  # whole tiles per validation forward pass
 
