@@ -78,9 +78,10 @@ class TileStore:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
         try:
+            if not readonly:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(SCHEMA)
             self._db.execute("SELECT 1 FROM metadata LIMIT 1").fetchall()
             self._db.execute("SELECT 1 FROM tile_status LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
@@ -213,24 +214,37 @@ class TileStore:
         return path
 
 
+class TileRefused(ValueError):
+    """A tile that decodes but must not be used (decompression bomb, wrong size): retrying won't help."""
+
+
 def decode_tile(data: bytes, expected_size: int | None = TILE_SIZE) -> np.ndarray:
     """Decode untrusted tile bytes to (H, W, 4) uint8 RGBA, refusing decompression bombs.
 
-    Raises ValueError with a short reason when the bytes are not a usable image.
+    Raises ValueError with a short reason when the bytes are not a usable image
+    (`TileRefused`, a ValueError, when the image is a bomb or has the wrong size).
     """
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; our own guard decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img_ctx = Image.open(io.BytesIO(data))
+        with img_ctx as img:
             w, h = img.size
             if w * h > MAX_TILE_PIXELS:
-                raise ValueError(f"image of {w}x{h} pixels refused (decompression bomb guard)")
+                raise TileRefused(f"image of {w}x{h} pixels refused (decompression bomb guard)")
             if expected_size is not None and (w, h) != (expected_size, expected_size):
-                raise ValueError(f"image is {w}x{h}, expected {expected_size}x{expected_size}")
+                raise TileRefused(f"image is {w}x{h}, expected {expected_size}x{expected_size}")
             img.load()
             rgba = np.asarray(img.convert("RGBA"))
     except ValueError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise TileRefused(f"image refused (decompression bomb guard: {exc})") from None
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
     return rgba
