@@ -7,6 +7,7 @@ WMTS server (fault injection, SIGKILL, bad inputs) is in tests/test_fetch_cli.py
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import threading
@@ -49,6 +50,7 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=256)
 def tile_png(tile: TileId) -> bytes:
     rng = np.random.default_rng(tile.x * 7919 + tile.y)
     yy, xx = np.mgrid[0:256, 0:256]
@@ -121,7 +123,10 @@ class ScriptedServer:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except OSError:  # the client gave up (read timeout): expected in these tests
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -145,8 +150,9 @@ def server() -> Iterator[ScriptedServer]:
     s.close()
 
 
+# Generous timeouts: the machine may be busy; only the slow-response test uses a short one.
 FAST = HarvestConfig(concurrency=4, requests_per_second=None, max_retries=4, backoff_base_s=0.01,
-                     backoff_max_s=0.05, connect_timeout_s=2.0, read_timeout_s=0.5)
+                     backoff_max_s=0.05, connect_timeout_s=5.0, read_timeout_s=10.0)
 TILES = [TileId(18, x, y) for x in range(70000, 70004) for y in range(90000, 90004)]  # 16 tiles
 
 
@@ -255,7 +261,7 @@ def test_retries_recover_from_transient_faults(server: ScriptedServer, tmp_path:
     server.script = {
         TILES[0]: [(500, {}, b"oops"), (502, {}, b"")],
         TILES[1]: ["truncate"],
-        TILES[2]: ["slow"],
+        TILES[2]: ["truncate"],
         TILES[3]: [(200, {"Content-Type": "application/xml"}, EXCEPTION_XML)],
         TILES[4]: [html, html],
         TILES[5]: [(200, {"Content-Type": "image/png"}, tile_png(TILES[5])[:300])],
@@ -265,6 +271,14 @@ def test_retries_recover_from_transient_faults(server: ScriptedServer, tmp_path:
     assert report.fetched == 16
     assert [server.requests[t] for t in TILES[:6]] == [3, 2, 2, 2, 3, 2]
     assert report.requests == server.total == 16 + 2 + 1 + 1 + 1 + 2 + 1
+
+
+def test_slow_response_times_out_and_is_retried(server: ScriptedServer, tmp_path: Path) -> None:
+    server.slow_s = 2.0
+    server.script = {TILES[0]: ["slow"]}
+    cfg = FAST.model_copy(update={"read_timeout_s": 0.5})
+    statuses, _ = run(server, tmp_path, cfg, tiles=TILES[:1])
+    assert statuses[TILES[0]][0] is TileStatus.OK and server.requests[TILES[0]] == 2
 
 
 def test_retry_after_is_honoured_and_capped(server: ScriptedServer, tmp_path: Path) -> None:
