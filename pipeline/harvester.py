@@ -283,6 +283,9 @@ class TileFetcher:
                 return wait, (f"HTTP {status} (Retry-After {after:g} s){quoted}", True)
         if status in RETRY_STATUSES or 500 <= status < 600:
             return None, (f"HTTP {status}{quoted}", True)
+        if "NoApplicableCode" in message:
+            # OGC maps NoApplicableCode to a server-side failure (HTTP 500), whatever status came with it.
+            return None, (f"HTTP {status}{quoted}", True)
         if "TileOutOfRange" in message:
             return None, FetchResult(TileRecord(tile, TileStatus.EMPTY,
                                                 reason=f"empty: outside the layer's range{quoted}"), data, 1)

@@ -313,6 +313,21 @@ def test_persistent_failures_are_recorded_with_quoted_reason(server: ScriptedSer
         assert store.get(TILES[2]) is None and store.counts()[TileStatus.OK] == 13
 
 
+def test_ogc_exception_codes_decide_retry(server: ScriptedServer, tmp_path: Path) -> None:
+    def report(code: str) -> tuple[int, dict[str, str], bytes]:
+        return (400, {"Content-Type": "application/xml"}, EXCEPTION_XML.replace(b"NoApplicableCode", code))
+
+    server.script = {TILES[0]: [report(b"NoApplicableCode")],  # a server-side failure: retried
+                     TILES[1]: [report(b"InvalidParameterValue")] * 10,  # our request is wrong: not retried
+                     TILES[2]: [report(b"TileOutOfRange")]}  # nothing there: empty
+    statuses, _ = run(server, tmp_path)
+    assert statuses[TILES[0]][0] is TileStatus.OK and server.requests[TILES[0]] == 2
+    why = "HTTP 400: 'InvalidParameterValue: tile backend overloaded'"
+    assert statuses[TILES[1]] == (TileStatus.FAILED, why)
+    assert server.requests[TILES[1]] == 1
+    assert statuses[TILES[2]][0] is TileStatus.EMPTY and server.requests[TILES[2]] == 1
+
+
 def test_empty_tiles_recorded_not_failed(server: ScriptedServer, tmp_path: Path) -> None:
     server.script = {TILES[0]: [(200, {"Content-Type": "image/png"}, TRANSPARENT)],
                      TILES[1]: [(204, {}, b"")]}
