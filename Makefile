@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements.txt.stamp
 export DVC_NO_ANALYTICS := 1
+# dvc.yaml commands run `python`: make it the project's virtualenv.
+export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv repro test lint bench lock clean-venv help
@@ -35,6 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.tile_cover
 	$(BIN)/python -m bench.harvest
 	$(BIN)/python -m bench.dataset
 	$(BIN)/python -m bench.train_speed
