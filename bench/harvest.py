@@ -143,8 +143,16 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs (nproc), {model}; Python {platform.python_version()}, {platform.system()}"
 
 
+def load_average() -> str:
+    try:
+        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def write_markdown(path: Path, *, command: str, results: dict[str, Result], naive_res: Result,
-                   args: argparse.Namespace, layer: str, zoom: int, default_cfg: HarvestConfig) -> str:
+                   args: argparse.Namespace, layer: str, zoom: int, default_cfg: HarvestConfig,
+                   loads: tuple[str, str]) -> str:
     def ratio(r: Result) -> float:
         return r.rate / naive_res.rate
 
@@ -166,6 +174,8 @@ def write_markdown(path: Path, *, command: str, results: dict[str, Result], naiv
         "",
         f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {machine()}",
+        f"- Load average (1/5/15 min) at start and end: {loads[0]} and {loads[1]} (other processes share "
+        "the CPUs; the ratios compare runs made back to back in the same process)",
         f"- Command: `{command}`",
         f"- Workload: {args.tiles} distinct tiles of `{layer}` at z{zoom} (PNG, 256x256) from the project's "
         f"WMTS server (pipeline.wmts_server) on 127.0.0.1 in a separate process, with "
@@ -205,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m bench.harvest " + " ".join(argv if argv is not None else sys.argv[1:])
 
+    load_start = load_average()
     default_cfg = load_params().harvest
     fast = default_cfg.model_copy(update={"requests_per_second": None})
     work = Path(tempfile.mkdtemp(prefix="bench-harvest-"))
@@ -237,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             if results["cached"].requests:
                 raise SystemExit("the cached re-harvest made HTTP requests")
         text = write_markdown(Path(args.out), command=command, results=results, naive_res=naive_res,
-                              args=args, layer=args.layer, zoom=args.zoom, default_cfg=default_cfg)
+                              args=args, layer=args.layer, zoom=args.zoom, default_cfg=default_cfg,
+                              loads=(load_start, load_average()))
         print(text)
     finally:
         shutil.rmtree(work, ignore_errors=True)

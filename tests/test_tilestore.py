@@ -99,3 +99,45 @@ def test_export_geotiff_is_georeferenced(tmp_path: Path) -> None:
         assert b.top == pytest.approx(expected.top, abs=1e-6)
         pixels = ds.read()
     assert np.array_equal(np.moveaxis(pixels, 0, -1), decode_tile(tile_png(T1)))
+
+
+def _encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("img, transparent, single", [
+    (Image.new("RGBA", (256, 256), (0, 0, 0, 0)), True, True),
+    (Image.new("RGBA", (256, 256), (10, 20, 30, 255)), False, True),
+    (Image.new("L", (256, 256), 7), False, True),
+    (Image.new("LA", (256, 256), (7, 0)), True, True),
+    (Image.new("P", (256, 256), 0), False, True),
+])
+def test_inspect_tile_agrees_with_rgba_decode(img: Image.Image, transparent: bool, single: bool) -> None:
+    from pipeline.tilestore import inspect_tile
+
+    for variant in (img, img.copy()):
+        if variant is not img:  # break uniformity with one pixel
+            variant.putpixel((5, 5), (255,) * len(variant.getbands()) if variant.mode != "P" else 1)
+        data = _encode(variant)
+        summary = inspect_tile(data)
+        rgba = decode_tile(data)
+        flat = rgba.reshape(-1, 4)
+        assert summary.transparent == (not rgba[..., 3].any())
+        assert (summary.single_colour is not None) == bool((flat == flat[0]).all())
+    assert inspect_tile(_encode(img)).transparent == transparent
+
+
+def test_inspect_tile_honours_png_transparency_chunk() -> None:
+    from pipeline.tilestore import inspect_tile
+
+    # A palette PNG whose only colour is marked transparent (tRNS), like many "no data" tiles.
+    img = Image.new("P", (256, 256), 0)
+    img.putpalette([255, 255, 255] * 256)
+    summary = inspect_tile(_encode(img, transparency=0))
+    assert summary.transparent
+    # An 8-bit grey PNG with a tRNS value on one grey level only: not transparent overall.
+    grey = Image.new("L", (256, 256), 3)
+    grey.putpixel((0, 0), 200)
+    assert not inspect_tile(_encode(grey, transparency=3)).transparent
