@@ -491,6 +491,7 @@ def _fetch_all(source: TileSource, tiles: list[TileId], cfg: HarvestConfig, sess
     for th in threads:
         th.start()
     received = 0
+    finished = False
     try:
         while received < len(tiles):
             try:
@@ -505,10 +506,12 @@ def _fetch_all(source: TileSource, tiles: list[TileId], cfg: HarvestConfig, sess
                 raise item
             received += 1
             record(item.record, item.raw, "net")
+        finished = True
     finally:
         stop.set()
+        # On an error or Ctrl-C, don't wait out requests in flight: their threads are daemons.
         for th in threads:
-            th.join(timeout=cfg.connect_timeout_s + cfg.read_timeout_s + 1)
+            th.join(timeout=cfg.connect_timeout_s + cfg.read_timeout_s + 1 if finished else 1.0)
         # Results that arrived while stopping are complete tiles: keep them.
         while True:
             try:

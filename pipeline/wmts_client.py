@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -382,25 +383,44 @@ def capabilities_url(url: str) -> str:
                        f"{parts.query}&{extra}" if parts.query else extra, ""))
 
 
+_TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+_REFUSED = ("refused", "NameResolution", "Name or service not known", "getaddrinfo",
+            "Temporary failure in name resolution", "nodename nor servname")
+
+
 def fetch_capabilities(url: str, *, user_agent: str, timeout: tuple[float, float] = (5.0, 30.0),
-                       session: requests.Session | None = None) -> bytes:
+                       session: requests.Session | None = None, retries: int = 3,
+                       backoff_s: float = 1.0) -> bytes:
+    """GET the capabilities document; transient failures (5xx, 429, timeouts, resets) are retried.
+
+    A refused connection or an unknown host is reported at once: there is nothing to wait for.
+    """
     target = capabilities_url(url)
     getter = session.get if session is not None else requests.get
-    try:
-        resp = getter(target, headers={"User-Agent": user_agent}, timeout=timeout)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise ServiceUnreachableError(describe_connection_error(target, exc)) from None
-    except requests.RequestException as exc:
-        raise CapabilitiesError(f"cannot fetch capabilities from {target}: {exc}") from None
-    data = resp.content
-    if resp.status_code != 200:
-        message = server_message(data, resp.headers.get("Content-Type", ""))
-        raise CapabilitiesError(f"{target} answered HTTP {resp.status_code}"
-                                + (f": {message}" if message else "")
-                                + "; check the capabilities URL")
-    if len(data) > MAX_CAPABILITIES_BYTES:
-        raise CapabilitiesError(f"{target}: capabilities document of {len(data)} bytes is too large")
-    return data
+    for attempt in range(retries + 1):
+        last = attempt == retries
+        try:
+            resp = getter(target, headers={"User-Agent": user_agent}, timeout=timeout)
+            data = resp.content
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if last or any(s in str(exc) for s in _REFUSED):
+                raise ServiceUnreachableError(describe_connection_error(target, exc)) from None
+            time.sleep(backoff_s * 2 ** attempt)
+            continue
+        except requests.RequestException as exc:
+            raise CapabilitiesError(f"cannot fetch capabilities from {target}: {exc}") from None
+        if resp.status_code in _TRANSIENT_STATUSES and not last:
+            time.sleep(backoff_s * 2 ** attempt)
+            continue
+        if resp.status_code != 200:
+            message = server_message(data, resp.headers.get("Content-Type", ""))
+            raise CapabilitiesError(f"{target} answered HTTP {resp.status_code}"
+                                    + (f": '{message}'" if message else "")
+                                    + "; check the capabilities URL")
+        if len(data) > MAX_CAPABILITIES_BYTES:
+            raise CapabilitiesError(f"{target}: capabilities document of {len(data)} bytes is too large")
+        return data
+    raise AssertionError("unreachable")  # the loop always returns or raises
 
 
 def safe_xml_root(data: bytes, source: str):  # -> xml.etree.ElementTree.Element

@@ -310,3 +310,38 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_capabilities_fetch_retries_transient_errors() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers = [(503, b"<html><title>warming up</title></html>"), (200, SINICA_LIKE)]
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("User-Agent"))
+            status, body = answers.pop(0) if answers else (404, b"<html><title>gone</title></html>")
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html" if status != 200 else "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}/wmts/1.0.0/WMTSCapabilities.xml"
+        from pipeline.wmts_client import fetch_capabilities
+
+        assert fetch_capabilities(url, user_agent="LuminescenceTest/1", backoff_s=0.01) == SINICA_LIKE
+        assert seen == ["LuminescenceTest/1"] * 2
+        with pytest.raises(CapabilitiesError, match="HTTP 404: 'gone'"):
+            fetch_capabilities(url, user_agent="t", backoff_s=0.01)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
