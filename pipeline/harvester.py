@@ -43,6 +43,7 @@ from pipeline.wmts_client import (
 
 BATCH_SIZE = 64  # records per store transaction
 BATCH_SECONDS = 0.5  # ... or this long since the last commit, whichever comes first
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a 256-px tile is well under 1 MB; anything this big is not a tile
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 509, 520, 521, 522, 523, 524}
 _OCTET = {"application/octet-stream", "binary/octet-stream", ""}
 
@@ -255,8 +256,13 @@ class TileFetcher:
             self.requests += 1
         timeout = (self.cfg.connect_timeout_s, self.cfg.read_timeout_s)
         try:
-            resp = self.session.get(url, timeout=timeout)
-            data = resp.content
+            resp = self.session.get(url, timeout=timeout, stream=True)
+            try:
+                data = _read_body(resp)
+            finally:
+                resp.close()
+        except TileFault as fault:
+            return None, (fault.reason, fault.retry)
         except requests.Timeout as exc:
             what = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
             return None, (f"{what} timeout after {timeout[0 if what == 'connect' else 1]:g} s", True)
@@ -300,6 +306,20 @@ class TileFetcher:
             return None, FetchResult(TileRecord(tile, TileStatus.EMPTY,
                                                 reason=f"empty: outside the layer's range{quoted}"), data, 1)
         return None, (f"HTTP {status}{quoted}", False)
+
+
+def _read_body(resp: requests.Response) -> bytes:
+    """The whole body, refusing bodies larger than any tile should be (memory exhaustion)."""
+    declared = resp.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TileFault(f"response of {int(declared)} bytes refused (limit {MAX_BODY_BYTES})", retry=False)
+    chunks, size = [], 0
+    for chunk in resp.iter_content(1 << 16):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TileFault(f"response larger than {MAX_BODY_BYTES} bytes refused", retry=False)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _short_exc(exc: BaseException) -> str:

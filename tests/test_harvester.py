@@ -328,6 +328,18 @@ def test_ogc_exception_codes_decide_retry(server: ScriptedServer, tmp_path: Path
     assert statuses[TILES[2]][0] is TileStatus.EMPTY and server.requests[TILES[2]] == 1
 
 
+def test_oversized_body_is_refused(server: ScriptedServer, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.harvester as harvester
+
+    limit = 2 * len(tile_png(TILES[1]))
+    monkeypatch.setattr(harvester, "MAX_BODY_BYTES", limit)
+    server.script = {TILES[0]: [(200, {"Content-Type": "image/png"}, b"\0" * (2 * limit))]}
+    statuses, _ = run(server, tmp_path, tiles=TILES[:2])
+    assert statuses[TILES[0]] == (TileStatus.FAILED, f"response of {2 * limit} bytes refused (limit {limit})")
+    assert statuses[TILES[1]][0] is TileStatus.OK and server.requests[TILES[0]] == 1
+
+
 def test_empty_tiles_recorded_not_failed(server: ScriptedServer, tmp_path: Path) -> None:
     server.script = {TILES[0]: [(200, {"Content-Type": "image/png"}, TRANSPARENT)],
                      TILES[1]: [(204, {}, b"")]}
