@@ -201,6 +201,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     cfg = params.harvest
     progress = not args.quiet
     if source_cfg.kind == "sample":
+        # Our own loopback server: the politeness cap protects remote servers, not this one.
+        cfg = cfg.model_copy(update={"requests_per_second": None})
         with _sample_server(params) as url:
             target = wmts_target(url, fetch.layer, fetch.zoom, cfg, matrix_set=fetch.matrix_set,
                                  fmt=fetch.format, service_key=sample_service_key(params),
