@@ -117,8 +117,9 @@ def sample_service_key(params: Params) -> str:
     the server's code, so changing either never reuses stale cached tiles.
     """
     h = hashlib.sha256(json.dumps(params.sample.model_dump(mode="json"), sort_keys=True).encode())
-    for module in ("pipeline/wmts_server.py", "pipeline/film.py", "pipeline/sample.py"):
-        path = Path(module)
+    here = Path(__file__).resolve().parent
+    for module in ("wmts_server.py", "film.py"):
+        path = here / module
         if path.exists():
             h.update(path.read_bytes())
     return f"sample:{h.hexdigest()[:16]}"
