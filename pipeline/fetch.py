@@ -149,7 +149,7 @@ def cmd_list_layers(args: argparse.Namespace) -> int:
 def format_layer_table(caps: Capabilities) -> str:
     rows = [("id", "title", "formats", "matrix sets (zooms)", "WGS84 bounds (W S E N)")]
     for layer in sorted(caps.layers.values(), key=lambda ly: ly.id.lower()):
-        title = layer.title if len(layer.title) <= 40 else layer.title[:39] + "…"
+        title = layer.title if len(layer.title) <= 50 else layer.title[:49] + "…"
         if layer.synthetic and "synthetic" not in title.lower():
             title += " [SYNTHETIC]"
         sets = ", ".join(f"{ms.id} ({ms.describe_range()})" if ms.web_mercator else f"{ms.id} (not 3857)"
