@@ -38,6 +38,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.tile_cover
+	$(BIN)/python -m bench.server_tiles
 	$(BIN)/python -m bench.harvest
 	$(BIN)/python -m bench.dataset
 	$(BIN)/python -m bench.train_speed

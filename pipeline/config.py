@@ -85,18 +85,22 @@ class HarvestConfig(Strict):
 
 # --------------------------------------------------------------------------- sample
 class FilmConfig(Strict):
-    """Deterministic film emulation that makes the SYNTHETIC 'historic' sample layer."""
+    """Deterministic film emulation that makes the SYNTHETIC 'historic' sample layer.
+
+    Steps and their order are documented in pipeline/film.py.
+    """
 
     source_layer: str = "erie_2011"
-    seed: int = 1974
+    seed: int = 1974  # grain noise field
     # Panchromatic response over the source bands (R, G, B, NIR); normalised to sum 1.
     band_weights: tuple[float, float, float, float] = (0.30, 0.45, 0.20, 0.05)
-    contrast: float = Field(default=1.35, gt=0)  # slope of the S-shaped characteristic curve
-    gamma: float = Field(default=1.1, gt=0)
-    grain_sigma: float = Field(default=0.035, ge=0)  # std of grain, fraction of full scale
-    grain_size_px: float = Field(default=1.2, ge=0)  # grain clump size (Gaussian sigma, px)
-    blur_sigma_px: float = Field(default=1.0, ge=0)  # lens/scan softness
-    vignette_strength: float = Field(default=0.25, ge=0, le=1)  # light fall-off at frame corners
+    # Steepness of the S-shaped (tanh) characteristic curve: 0 = linear; midpoint slope c/tanh(c).
+    contrast: float = Field(default=1.35, ge=0)
+    gamma: float = Field(default=0.8, gt=0)  # applied after the curve: > 1 darkens, < 1 lightens mid-tones
+    grain_sigma: float = Field(default=0.03, ge=0)  # std of grain, fraction of full scale
+    grain_size_px: float = Field(default=1.0, ge=0)  # grain clump size (Gaussian sigma, px)
+    blur_sigma_px: float = Field(default=1.0, ge=0)  # lens/scan softness (Gaussian sigma, px)
+    vignette_strength: float = Field(default=0.25, ge=0, le=1)  # light lost at frame corners (cos^4 law)
     frame_size_m: float = Field(default=1500.0, gt=0)  # ground footprint of one photo frame
 
 
