@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import PARAMS_FILE, HarvestConfig, Params, load_params, lookup
 from pipeline.errors import LuminescenceError, cli_entry
@@ -33,6 +34,9 @@ from pipeline.wmts_client import (
     resolve_source,
     xyz_source,
 )
+
+if TYPE_CHECKING:
+    from pipeline.aoi import Aoi
 
 TILES_DIR = Path("data/tiles")
 
@@ -68,7 +72,7 @@ def xyz_target(template: str, layer: str | None, fmt: str | None, attribution: s
     return Target(xyz_source(template, layer, fmt), template, None, attribution)
 
 
-def check_overlap(aoi, layer: LayerInfo | None) -> None:  # aoi: pipeline.aoi.Aoi
+def check_overlap(aoi: Aoi, layer: LayerInfo | None) -> None:
     """Refuse an AOI that lies entirely outside the layer's declared WGS84 bounds."""
     if layer is None or layer.bounds_wgs84 is None:
         return
@@ -81,7 +85,7 @@ def check_overlap(aoi, layer: LayerInfo | None) -> None:  # aoi: pipeline.aoi.Ao
             f"that covers it (list-layers shows each layer's bounds)")
 
 
-def cover(aoi, zoom: int, max_tiles: int, hint: str) -> list[TileId]:
+def cover(aoi: Aoi, zoom: int, max_tiles: int, hint: str) -> list[TileId]:
     from pipeline.tiles import TooManyTilesError, tile_cover
 
     try:
@@ -95,7 +99,7 @@ def cover(aoi, zoom: int, max_tiles: int, hint: str) -> list[TileId]:
     return tiles
 
 
-def run(target: Target, aoi, zoom: int, out: Path, cfg: HarvestConfig, *, label: str,
+def run(target: Target, aoi: Aoi, zoom: int, out: Path, cfg: HarvestConfig, *, label: str,
         progress: bool = True, max_tiles_hint: str = "") -> HarvestReport:
     check_overlap(aoi, target.layer)
     tiles = cover(aoi, zoom, cfg.max_tiles, max_tiles_hint)
@@ -113,10 +117,15 @@ def run(target: Target, aoi, zoom: int, out: Path, cfg: HarvestConfig, *, label:
 def sample_service_key(params: Params) -> str:
     """A stable cache identity for the bundled sample (the server's port changes every run).
 
-    It hashes what the served tiles depend on: the sample config (film emulation included) and
-    the server's code, so changing either never reuses stale cached tiles.
+    It hashes what the served tiles depend on: the sample config (film emulation included), the
+    sample files (names and sizes) and the server's code, so changing any of them never reuses
+    stale cached tiles.
     """
     h = hashlib.sha256(json.dumps(params.sample.model_dump(mode="json"), sort_keys=True).encode())
+    data_dir = Path(params.sample.data_dir)
+    if data_dir.is_dir():
+        for f in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(data_dir)}:{f.stat().st_size};".encode())
     here = Path(__file__).resolve().parent
     for module in ("wmts_server.py", "film.py"):
         path = here / module

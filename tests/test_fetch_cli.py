@@ -337,3 +337,48 @@ def test_stage_serves_sample_and_labels_synthetic(sample_cfg: SampleConfig, aoi:
     assert meta["attribution"] == "test attribution" and meta["aoi"] == "small"
     code, _, err = cli(capsys, "stage", "small-2022")
     assert code == 2 and "did you mean 'small-2021'" in err
+
+
+def test_kvp_gettile_against_the_server_matches_rest(sample_cfg: SampleConfig, tmp_path: Path) -> None:
+    import re
+
+    import requests
+
+    from pipeline.harvester import harvest
+    from pipeline.wmts_client import parse_capabilities, resolve_source
+
+    with wmts(sample_cfg) as server:
+        data = requests.get(server.capabilities_url, timeout=10).content
+        rest = resolve_source(parse_capabilities(data, server.capabilities_url), LAYER, zoom=ZOOM)
+        # Without ResourceURLs a client must fall back to KVP GetTile (declared in OperationsMetadata).
+        stripped = re.sub(rb"<(\w+:)?ResourceURL[^>]*/>", b"", data)
+        kvp = resolve_source(parse_capabilities(stripped, server.capabilities_url), LAYER, zoom=ZOOM)
+        assert (rest.encoding, kvp.encoding) == ("REST", "KVP")
+        tiles = sorted(tile_cover_small())[:6]
+        cfg = HarvestConfig(requests_per_second=None)
+        for name, source in (("rest", rest), ("kvp", kvp)):
+            with TileStore(tmp_path / f"{name}.mbtiles") as store:
+                report = harvest(source, tiles, store, cfg, label=name, progress=False)
+                assert report.fetched == 6
+    assert store_content(tmp_path / "rest.mbtiles") == store_content(tmp_path / "kvp.mbtiles")
+
+
+def tile_cover_small() -> list[object]:
+    from pyproj import Transformer
+    from shapely.ops import transform
+
+    from pipeline.tiles import tile_cover
+
+    to_3857 = Transformer.from_crs(4326, 3857, always_xy=True).transform
+    return tile_cover(transform(to_3857, SMALL_BOX), ZOOM)
+
+
+def test_sample_cache_key_is_stable_and_follows_the_sample_config() -> None:
+    from pipeline.fetch import sample_service_key
+
+    params = load_params(ROOT / "params.yaml")
+    film = params.sample.film.model_copy(update={"seed": params.sample.film.seed + 1})
+    changed = params.model_copy(update={"sample": params.sample.model_copy(update={"film": film})})
+    assert sample_service_key(params) == sample_service_key(load_params(ROOT / "params.yaml"))
+    assert sample_service_key(params) != sample_service_key(changed)
+    assert sample_service_key(params).startswith("sample:")

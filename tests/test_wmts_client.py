@@ -345,3 +345,16 @@ def test_capabilities_fetch_retries_transient_errors() -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_dns_failure_message_names_host_and_what_to_check() -> None:
+    import requests
+
+    from pipeline.wmts_client import describe_connection_error
+
+    exc = requests.ConnectionError("HTTPSConnectionPool(host='gis.sinica.example', port=443): Max retries "
+                                   "exceeded (Caused by NameResolutionError(\"Failed to resolve "
+                                   "'gis.sinica.example' ([Errno -2] Name or service not known)\"))")
+    msg = describe_connection_error("https://gis.sinica.example/taipei/wmts", exc)
+    assert msg.startswith("cannot reach https://gis.sinica.example/taipei/wmts")
+    assert "'gis.sinica.example' does not resolve" in msg and "internet connection" in msg
