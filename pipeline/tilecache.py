@@ -111,14 +111,6 @@ class TileCache:
                                       row[1]))
         return out
 
-    def get_bytes(self, key: SourceKey, tile: TileId) -> bytes | None:
-        with self._lock:
-            sid = self._source_id(key)
-            row = self._db.execute(
-                "SELECT data FROM tiles WHERE source_id=? AND z=? AND x=? AND y=?",
-                (sid, tile.z, tile.x, tile.y)).fetchone()
-        return None if row is None else bytes(row[0])
-
     def put_many(self, key: SourceKey, entries: Iterable[tuple[TileRecord, bytes]]) -> int:
         """Store (record, original bytes) pairs in one transaction; failures are refused.
 

@@ -465,3 +465,36 @@ def test_fully_cached_reharvest_makes_no_requests(server: ScriptedServer, tmp_pa
     assert server.total == 0 and report.cached == 16  # type: ignore[attr-defined]
 
 
+
+
+# --------------------------------------------------------------------------- the cache itself
+def test_cache_is_thread_safe_persistent_and_refuses_failures(tmp_path: Path) -> None:
+    from pipeline.tilecache import CacheError, SourceKey
+    from pipeline.tilestore import TileRecord
+
+    key = SourceKey("http://x/wmts", "layer", "GoogleMapsCompatible", "image/png")
+    other = SourceKey("http://x/wmts", "layer", "GoogleMapsCompatible", "image/jpeg")
+
+    def writer(cache: TileCache, col: int) -> None:
+        for y in range(20):
+            t = TileId(18, col, y)
+            cache.put_many(key, [(TileRecord(t, TileStatus.OK, tile_png(t)), tile_png(t))])
+
+    with TileCache(tmp_path / "c") as cache:
+        threads = [threading.Thread(target=writer, args=(cache, col)) for col in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        with pytest.raises(ValueError, match="only ok/empty"):
+            cache.put_many(key, [(TileRecord(TileId(18, 9, 9), TileStatus.FAILED, reason="x"), b"")])
+    with TileCache(tmp_path / "c") as cache:  # reopened: everything is still there
+        assert cache.count(key) == 80 and cache.count(other) == 0
+        assert len(cache.statuses(key, 18)) == 80 and cache.statuses(key, 17) == {}
+        (rec,) = cache.get_many(key, [TileId(18, 2, 3)])
+        assert rec.data == tile_png(TileId(18, 2, 3)) and rec.status is TileStatus.OK
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tiles.sqlite").write_bytes(b"garbage" * 1000)
+    with pytest.raises(CacheError, match="delete"):
+        TileCache(bad)
