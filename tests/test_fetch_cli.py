@@ -339,12 +339,15 @@ def test_stage_serves_sample_and_labels_synthetic(sample_cfg: SampleConfig, aoi:
     assert code == 2 and "did you mean 'small-2021'" in err
 
 
-def test_kvp_gettile_against_the_server_matches_rest(sample_cfg: SampleConfig, tmp_path: Path) -> None:
+def test_kvp_gettile_against_the_server_matches_rest(sample_cfg: SampleConfig, aoi: Path,
+                                                      tmp_path: Path) -> None:
     import re
 
     import requests
 
+    from pipeline.aoi import read_aoi
     from pipeline.harvester import harvest
+    from pipeline.tiles import tile_cover
     from pipeline.wmts_client import parse_capabilities, resolve_source
 
     with wmts(sample_cfg) as server:
@@ -354,23 +357,13 @@ def test_kvp_gettile_against_the_server_matches_rest(sample_cfg: SampleConfig, t
         stripped = re.sub(rb"<(\w+:)?ResourceURL[^>]*/>", b"", data)
         kvp = resolve_source(parse_capabilities(stripped, server.capabilities_url), LAYER, zoom=ZOOM)
         assert (rest.encoding, kvp.encoding) == ("REST", "KVP")
-        tiles = sorted(tile_cover_small())[:6]
+        tiles = sorted(tile_cover(read_aoi(aoi).geometry_3857, ZOOM))[:6]
         cfg = HarvestConfig(requests_per_second=None)
         for name, source in (("rest", rest), ("kvp", kvp)):
             with TileStore(tmp_path / f"{name}.mbtiles") as store:
                 report = harvest(source, tiles, store, cfg, label=name, progress=False)
                 assert report.fetched == 6
     assert store_content(tmp_path / "rest.mbtiles") == store_content(tmp_path / "kvp.mbtiles")
-
-
-def tile_cover_small() -> list[object]:
-    from pyproj import Transformer
-    from shapely.ops import transform
-
-    from pipeline.tiles import tile_cover
-
-    to_3857 = Transformer.from_crs(4326, 3857, always_xy=True).transform
-    return tile_cover(transform(to_3857, SMALL_BOX), ZOOM)
 
 
 def test_sample_cache_key_is_stable_and_follows_the_sample_config() -> None:
