@@ -1,1 +1,1 @@
-"""Benchmarks: each module runs as `python -m bench.<name>` and writes docs/benchmarks/<name>.md."""
+"""Benchmarks (python -m bench.<name>); results go to docs/benchmarks/."""

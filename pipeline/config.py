@@ -131,11 +131,16 @@ class OffsetConfig(Strict):
     estimate: bool = True
     max_shift_px: float = Field(default=12.0, gt=0)  # search radius of the estimator
     apply_below_px: float = Field(default=8.0, ge=0)  # shift the input when |offset| is below this
+    # Correlation peak height (0..1) below which an estimate is unreliable (featureless tiles:
+    # fields, water, forest) and is recorded but never applied.
+    min_peak: float = Field(default=0.1, ge=0, le=1)
 
 
 class AlignConfig(Strict):
     max_nodata_fraction: float = Field(default=0.02, ge=0, le=1)
-    resampling: Literal["nearest", "bilinear", "cubic", "lanczos"] = "bilinear"
+    # How the input is resampled onto the target's grid (other zoom, matrix set or CRS) and
+    # shifted by its offset. `none`: the stores must share one grid; offsets are only recorded.
+    resampling: Literal["none", "nearest", "bilinear", "cubic", "lanczos"] = "bilinear"
     luma: Literal["rec601", "rec709"] = "rec601"
     offset: OffsetConfig = OffsetConfig()
     splits: SplitConfig = SplitConfig()
