@@ -1,7 +1,7 @@
 """Benchmark: feature-extraction throughput and Fréchet distance (eigen route vs scipy sqrtm).
 
     .venv/bin/python -m bench.eval_speed [--images 32] [--batch-sizes 16 32]
-        [--out docs/benchmarks/eval_speed.md]
+        [--out docs/benchmarks/eval_speed.md]   (--out - prints the report instead)
 
 Extraction: images/s on the CPU for each extractor and batch size (random 256x256 uint8
 tiles, resize included). The FID Inception uses its real weights when they are found,
@@ -191,7 +191,32 @@ def report(command: str, host: str, extraction: list[dict[str, Any]], frechet: l
     lines += [f"| {r['case']} | {r['d']} | {r['t_eig']:.2f} | {r['t_sqrtm']:.2f} | "
               f"{r['t_sqrtm'] / r['t_eig']:.1f}x | {r['fd']:.4g} | {r['rel_diff']:.1e} | "
               f"{err(r['err_eig'])} | {err(r['err_sqrtm'])} |" for r in frechet]
+    lines += ["", "## Summary", "", *summary(extraction, frechet)]
     return "\n".join(lines) + "\n"
+
+
+def summary(extraction: list[dict[str, Any]], frechet: list[dict[str, Any]]) -> list[str]:
+    """Ratios from this run, in words."""
+    out = []
+    for name in dict.fromkeys(r["extractor"] for r in extraction):
+        rows = [r for r in extraction if r["extractor"] == name]
+        best = max(rows, key=lambda r: r["ips"])
+        gains = [a["ips"] / b["ips"] for a in rows for b in rows if a["batch"] == b["batch"]
+                 and a["memory"] == "channels_last" and b["memory"] == "contiguous"]
+        out.append(f"- {name}: best {best['ips']:.2f} images/s (batch {best['batch']}, {best['memory']}); "
+                   f"channels_last vs contiguous: {', '.join(f'{g:.2f}x' for g in gains)}.")
+    if frechet:
+        speedups = [r["t_sqrtm"] / r["t_eig"] for r in frechet]
+        worst_diff = max(r["rel_diff"] for r in frechet)
+        errs = [(r["err_eig"], r["err_sqrtm"]) for r in frechet if r["err_eig"] is not None]
+        out.append(f"- Fréchet distance at d = {frechet[0]['d']}: the eigen route is "
+                   f"{min(speedups):.1f}x-{max(speedups):.1f}x faster than sqrtm (goal: at least 2x); "
+                   f"the two agree to {worst_diff:.0e} relative or better.")
+        if errs:
+            out.append("- Against a reference value: eigen route error "
+                       + ", ".join(f"{e:.0e}" for e, _ in errs) + "; sqrtm route error "
+                       + ", ".join(f"{s:.0e}" for _, s in errs) + " (same cases, same order).")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=2048, help="feature dimension for the FD timing (2048)")
     parser.add_argument("--repeat", type=int, default=1, help="FD timings: best of this many runs (1)")
     parser.add_argument("--skip-extraction", action="store_true", help="time only the Fréchet distance")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write a markdown report here (e.g. docs/benchmarks/eval_speed.md)")
+    parser.add_argument("--out", default="docs/benchmarks/eval_speed.md",
+                        help="markdown report path (default docs/benchmarks/eval_speed.md; '-' prints it)")
     args = parser.parse_args(argv)
     command = "python -m bench.eval_speed " + shlex.join(sys.argv[1:] if argv is None else argv)
     host = machine()
@@ -212,12 +237,13 @@ def main(argv: list[str] | None = None) -> None:
                   else bench_extraction(args.images, args.batch_sizes, args.image_size))
     frechet = bench_frechet(args.dim, args.repeat)
     text = report(command.strip(), host, extraction, frechet)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}")
-    else:
+    if args.out == "-":
         print(text)
+    else:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

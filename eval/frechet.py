@@ -8,10 +8,13 @@ M's eigenvalues come from `eigvalsh`. Two symmetric eigendecompositions are fast
 steadier than `scipy.linalg.sqrtm` of the non-symmetric S1 S2 (no complex parts, no
 "singular product" retries), and they stay finite for rank-deficient covariances.
 
-Eigenvalues below the numerical-rank tolerance (largest * d * machine eps, the rule of
-numpy.linalg.matrix_rank) are set to 0, not just the negative ones: rounding leaves
-~1e-16-sized eigenvalues where the exact ones are 0, and their square roots (~1e-8 each,
-hundreds of them when N < d) would otherwise dominate the error.
+Eigenvalues within rounding noise of 0 are set to 0, not just the negative ones: where
+the exact eigenvalue is 0 (hundreds of them when N < d) rounding leaves residues of a
+few machine epsilons times the largest eigenvalue, and their square roots (~1e-8 each)
+would otherwise dominate the error (~1e-7 relative; this way ~1e-12, see
+bench/eval_speed.py). The noise level is taken as 4 eps * largest eigenvalue, or twice
+the largest negative eigenvalue's magnitude if that is larger (a PSD matrix has no
+negative eigenvalues, so those are pure noise).
 """
 
 from __future__ import annotations
@@ -36,17 +39,18 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, np.atleast_2d(sigma)
 
 
-def _clip_to_rank(eigenvalues: np.ndarray) -> np.ndarray:
+def _clip_noise(eigenvalues: np.ndarray) -> np.ndarray:
     """Zero the eigenvalues of a PSD matrix that are indistinguishable from rounding noise."""
     top = float(eigenvalues.max(initial=0.0))
-    tol = top * eigenvalues.size * np.finfo(np.float64).eps
+    lowest = float(eigenvalues.min(initial=0.0))
+    tol = max(4.0 * np.finfo(np.float64).eps * top, -2.0 * lowest)
     return np.where(eigenvalues > tol, eigenvalues, 0.0)
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     """Symmetric square root of a symmetric PSD matrix: V diag(sqrt(w)) V^T, noise eigenvalues zeroed."""
     w, v = np.linalg.eigh(sigma)
-    root = np.sqrt(_clip_to_rank(w))
+    root = np.sqrt(_clip_noise(w))
     return (v * root) @ v.T
 
 
@@ -55,7 +59,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     root1 = _psd_sqrt(sigma1)
     m = root1 @ sigma2 @ root1
     m = 0.5 * (m + m.T)  # undo rounding asymmetry so eigvalsh sees a symmetric matrix
-    eigs = _clip_to_rank(np.linalg.eigvalsh(m))
+    eigs = _clip_noise(np.linalg.eigvalsh(m))
     return float(np.sqrt(eigs).sum())
 
 
