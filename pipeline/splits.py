@@ -16,11 +16,13 @@ the stage reports the realised counts. Tile counts follow block counts, except t
 blocks are partly outside the AOI and the guard band thins some blocks more than others.
 
 Guard band (`guard_band` = g tiles): a tile is discarded when any grid position within
-Chebyshev distance g (the 8-neighbourhood for g = 1) lies in a block of another split. It is
-a function of position alone (neighbour positions outside the AOI count too), so it is
-stable when the AOI grows as well, and no two kept tiles closer than g + 1 tiles are in
-different splits. The band takes more from val/test than from train: the small splits'
-blocks are mostly surrounded by blocks of other splits.
+Chebyshev distance g (the 8-neighbourhood for g = 1) lies in a block of another split that
+ranks above its own (test > val > train). Of two nearby tiles in different splits the
+lower-ranked one always goes, so no two kept tiles closer than g + 1 tiles are in different
+splits, while the small val/test blocks stay whole and the band is taken from train (a
+symmetric band would discard both sides and leave small AOIs with almost no val/test).
+It is a function of position alone (neighbour positions outside the AOI count too), so it
+is stable when the AOI grows as well.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from pipeline.dataset_format import SPLITS
 from pipeline.tiles import TileId
 
 GUARD = "guard_band"
+# Which side of a split boundary keeps its tiles: the higher rank.
+_RANK = {"train": 0, "val": 1, "test": 2}
 
 
 def block_of(tile: TileId, block_size: int) -> tuple[int, int]:
@@ -75,11 +79,11 @@ class SplitPlan:
         g = self.cfg.guard_band
         if g == 0:
             return False
-        own = self.split(tile)
+        own = _RANK[self.split(tile)]
         last = (1 << tile.z) - 1
         for y in range(max(0, tile.y - g), min(last, tile.y + g) + 1):
             for x in range(max(0, tile.x - g), min(last, tile.x + g) + 1):
-                if self.split(TileId(tile.z, x, y)) != own:
+                if _RANK[self.split(TileId(tile.z, x, y))] > own:
                     return True
         return False
 

@@ -78,9 +78,10 @@ class TileStore:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
         try:
+            if not readonly:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(SCHEMA)
             self._db.execute("SELECT 1 FROM metadata LIMIT 1").fetchall()
             self._db.execute("SELECT 1 FROM tile_status LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
@@ -213,24 +214,72 @@ class TileStore:
         return path
 
 
-def decode_tile(data: bytes, expected_size: int | None = TILE_SIZE) -> np.ndarray:
-    """Decode untrusted tile bytes to (H, W, 4) uint8 RGBA, refusing decompression bombs.
+class TileRefused(ValueError):
+    """A tile that decodes but must not be used (decompression bomb, wrong size): retrying won't help."""
 
-    Raises ValueError with a short reason when the bytes are not a usable image.
-    """
+
+def _open_checked(data: bytes, expected_size: int | None):  # -> PIL.Image.Image, loaded
+    """Open and fully decode untrusted bytes, refusing bombs and wrong sizes before decoding."""
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > MAX_TILE_PIXELS:
-                raise ValueError(f"image of {w}x{h} pixels refused (decompression bomb guard)")
-            if expected_size is not None and (w, h) != (expected_size, expected_size):
-                raise ValueError(f"image is {w}x{h}, expected {expected_size}x{expected_size}")
-            img.load()
-            rgba = np.asarray(img.convert("RGBA"))
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; our own guard decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > MAX_TILE_PIXELS:
+            raise TileRefused(f"image of {w}x{h} pixels refused (decompression bomb guard)")
+        if expected_size is not None and (w, h) != (expected_size, expected_size):
+            raise TileRefused(f"image is {w}x{h}, expected {expected_size}x{expected_size}")
+        img.load()  # decodes everything: truncated or corrupt data fails here
     except ValueError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise TileRefused(f"image refused (decompression bomb guard: {exc})") from None
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
-    return rgba
+    return img
+
+
+def decode_tile(data: bytes, expected_size: int | None = TILE_SIZE) -> np.ndarray:
+    """Decode untrusted tile bytes to (H, W, 4) uint8 RGBA, refusing decompression bombs.
+
+    Raises ValueError with a short reason when the bytes are not a usable image
+    (`TileRefused`, a ValueError, when the image is a bomb or has the wrong size).
+    """
+    with _open_checked(data, expected_size) as img:
+        return np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
+
+
+@dataclass(frozen=True)
+class TileSummary:
+    """What a harvester needs to know about a tile without converting its pixels."""
+
+    width: int
+    height: int
+    mode: str
+    transparent: bool  # every pixel fully transparent
+    single_colour: tuple[int, ...] | None  # the colour (in `mode` bands) when all pixels are equal
+
+
+def inspect_tile(data: bytes, expected_size: int | None = TILE_SIZE) -> TileSummary:
+    """Decode untrusted bytes (same guards as decode_tile) and summarise them without an RGBA copy.
+
+    `getcolors(1)` gives up at the second distinct colour, and the alpha band's extrema are
+    computed in C: together several times faster than building an RGBA array, which matters
+    when checking hundreds of tiles per second.
+    """
+    with _open_checked(data, expected_size) as img:
+        w, h = img.size
+        mode = img.mode
+        if mode not in ("RGBA", "LA", "RGB", "L") or "transparency" in img.info:
+            img = img.convert("RGBA")  # palettes, tRNS chunks, 16-bit, 1-bit: normalise
+        colours = img.getcolors(1)  # None as soon as a second colour turns up
+        single = colours[0][1] if colours else None
+        if single is not None and not isinstance(single, tuple):
+            single = (single,)
+        transparent = "A" in img.getbands() and img.getchannel("A").getextrema()[1] == 0
+    return TileSummary(w, h, mode, transparent, tuple(int(v) for v in single) if single is not None else None)

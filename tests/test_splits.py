@@ -77,3 +77,14 @@ def test_zoom_is_part_of_the_key() -> None:
     plan = SplitPlan(SplitConfig(block_size=1, guard_band=0))
     same_xy = [(plan.split(TileId(17, x, 5)), plan.split(TileId(18, x, 5))) for x in range(200)]
     assert any(a != b for a, b in same_xy)
+
+
+def test_guard_band_takes_the_lower_ranked_side_only() -> None:
+    """test > val > train: test tiles are never discarded, train tiles only next to others."""
+    cfg = SplitConfig(block_size=2, guard_band=1, seed=5)
+    tiles = [TileId(16, x, y) for x in range(100, 140) for y in range(200, 240)]
+    plan = SplitPlan(cfg)
+    assignment = assign_splits(tiles, cfg)
+    assert all(assignment[t] == "test" for t in tiles if plan.split(t) == "test")
+    dropped = [t for t in tiles if assignment[t] == GUARD]
+    assert dropped and all(plan.split(t) in ("train", "val") for t in dropped)

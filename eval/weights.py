@@ -1,0 +1,238 @@
+"""Finding, checking and loading feature-extractor weights. Nothing is downloaded silently.
+
+The FID Inception weights (pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`) are
+looked up, in order, at:
+1. `evaluate.inception_weights` in params.yaml;
+2. the environment variable LUMINESCENCE_INCEPTION_WEIGHTS;
+3. the torch hub cache: $TORCH_HOME/hub/checkpoints/, torch.hub.get_dir()/checkpoints/,
+   ~/.cache/torch/hub/checkpoints/.
+A file is accepted only with the exact size and a sha256 that starts with the known
+prefix. The full sha256 is cached next to the file (`<file>.sha256.json`, keyed by size
+and mtime) so it is computed once. A path given explicitly (1 or 2) that fails the
+checks is an error; a bad file in the hub cache is skipped with a warning. Only with
+`evaluate.allow_download: true` is the file fetched, once, from pytorch-fid's release.
+When it is nowhere, one warning says where to put it and the Inception metrics are
+left out of the results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import LuminescenceError
+
+log = logging.getLogger(__name__)
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_SIZE = 95_628_359
+INCEPTION_SHA256_PREFIX = "6726825d"
+INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
+INCEPTION_ENV = "LUMINESCENCE_INCEPTION_WEIGHTS"
+SHA_SIDECAR_SUFFIX = ".sha256.json"
+
+_warned: set[str] = set()
+
+
+class WeightsError(LuminescenceError):
+    """A weights file is missing, damaged or not the expected one."""
+
+
+@dataclass(frozen=True)
+class FoundWeights:
+    path: Path
+    sha256: str
+    origin: str  # "params", "environment", "hub cache" or "download"
+
+
+# --------------------------------------------------------------------------- hashing
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of `path`, cached in `<path>.sha256.json` keyed by size and mtime.
+
+    A stale or unreadable cache is recomputed; an unwritable directory just skips caching.
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    sidecar = path.with_name(path.name + SHA_SIDECAR_SUFFIX)
+    try:
+        cached = json.loads(sidecar.read_text(encoding="utf-8"))
+        if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()):
+            sha = cached.get("sha256")
+            if isinstance(sha, str) and len(sha) == 64:
+                return sha
+    except (OSError, ValueError):
+        pass
+    sha = sha256_of_file(path)
+    try:
+        _write_json_atomic(sidecar, {**key, "sha256": sha})
+    except OSError as exc:
+        log.debug("could not cache the sha256 of %s: %s", path, exc)
+    return sha
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(dict(data), fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def check_weights_file(path: Path, *, size: int | None = None, sha256_prefix: str | None = None) -> str:
+    """Return the file's sha256 if it has the expected size and sha256 prefix; else WeightsError.
+
+    The defaults are the FID Inception file's (INCEPTION_SIZE, INCEPTION_SHA256_PREFIX).
+    """
+    path = Path(path)
+    size = INCEPTION_SIZE if size is None else size
+    sha256_prefix = INCEPTION_SHA256_PREFIX if sha256_prefix is None else sha256_prefix
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    actual = path.stat().st_size
+    if actual != size:
+        raise WeightsError(f"weights file {path} has {actual:,} bytes, expected {size:,}: "
+                           "it is not the expected file or is incomplete; replace it")
+    sha = cached_sha256(path)
+    if not sha.startswith(sha256_prefix):
+        raise WeightsError(f"weights file {path} has sha256 {sha[:16]}..., expected one starting "
+                           f"with {sha256_prefix}: it is damaged or a different file; replace it")
+    return sha
+
+
+# --------------------------------------------------------------------------- finding
+def hub_checkpoint_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Torch hub checkpoint folders to search, most specific first, without duplicates."""
+    env = os.environ if environ is None else environ
+    dirs: list[Path] = []
+    if env.get("TORCH_HOME"):
+        dirs.append(Path(env["TORCH_HOME"]).expanduser() / "hub" / "checkpoints")
+    if environ is None:
+        dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    dirs.append(Path.home() / ".cache" / "torch" / "hub" / "checkpoints")
+    unique: list[Path] = []
+    for d in dirs:
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
+def missing_inception_message(environ: Mapping[str, str] | None = None) -> str:
+    where = hub_checkpoint_dirs(environ)[0]
+    return (f"Inception weights not found, so FID, IS and KID on Inception features are left out "
+            f"of the metrics. Put {INCEPTION_FILE} ({INCEPTION_SIZE:,} bytes, pytorch-fid's release "
+            f"'fid_weights') in {where}/, or give its path as `evaluate.inception_weights` in params.yaml "
+            f"or in the environment variable {INCEPTION_ENV}; or set `evaluate.allow_download: true` "
+            f"to fetch it once from {INCEPTION_URL}")
+
+
+def find_inception_weights(configured: str | os.PathLike[str] | None = None, *, allow_download: bool = False,
+                           environ: Mapping[str, str] | None = None) -> FoundWeights | None:
+    """Locate and check the FID Inception weights; None (after one warning) when absent."""
+    env = os.environ if environ is None else environ
+    if configured:
+        path = Path(configured).expanduser()
+        try:
+            return FoundWeights(path, check_weights_file(path), "params")
+        except WeightsError as exc:
+            raise WeightsError(f"params.yaml `evaluate.inception_weights`: {exc}") from None
+    if env.get(INCEPTION_ENV):
+        path = Path(env[INCEPTION_ENV]).expanduser()
+        try:
+            return FoundWeights(path, check_weights_file(path), "environment")
+        except WeightsError as exc:
+            raise WeightsError(f"{INCEPTION_ENV}: {exc}") from None
+    for folder in hub_checkpoint_dirs(environ):
+        path = folder / INCEPTION_FILE
+        if not path.exists():
+            continue
+        try:
+            return FoundWeights(path, check_weights_file(path), "hub cache")
+        except WeightsError as exc:
+            _warn_once(f"bad:{path}", f"ignoring {exc}")
+    if allow_download:
+        path = download_inception_weights(hub_checkpoint_dirs(environ)[0])
+        return FoundWeights(path, check_weights_file(path), "download")
+    _warn_once("missing-inception", missing_inception_message(environ))
+    return None
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+# --------------------------------------------------------------------------- download (opt-in)
+def download_inception_weights(dest_dir: Path, *, url: str = INCEPTION_URL) -> Path:
+    """Fetch the FID Inception weights into dest_dir (only called with allow_download: true).
+
+    torch.hub downloads to a temporary file and checks the sha256 prefix before moving it
+    into place, so an interrupted or wrong download never leaves a file behind.
+    """
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / INCEPTION_FILE
+    log.warning("downloading %s to %s (evaluate.allow_download is true)", url, dest)
+    try:
+        torch.hub.download_url_to_file(url, str(dest), hash_prefix=INCEPTION_SHA256_PREFIX, progress=True)
+    except Exception as exc:  # network errors come in many types; all mean the same to the user
+        raise WeightsError(f"could not download {url}: {exc}; put {INCEPTION_FILE} in {dest_dir}/ "
+                           "by hand instead") from None
+    try:
+        check_weights_file(dest)
+    except WeightsError:
+        dest.unlink(missing_ok=True)  # never leave a wrong file where the next run would look
+        raise
+    return dest
+
+
+# --------------------------------------------------------------------------- loading
+def load_state_dict(path: Path, expected_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Load a plain state dict with torch.load(weights_only=True) and check names and shapes.
+
+    BatchNorm `num_batches_tracked` counters (training bookkeeping, unused in eval) are
+    filled with 0 when a file saved by an older PyTorch lacks them.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors are varied; all mean an unusable file
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {path} is not a plain state dict of tensors")
+    state = dict(state)
+    for key in expected_shapes:
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
+    missing = [k for k in expected_shapes if k not in state]
+    unexpected = [k for k in state if k not in expected_shapes]
+    wrong = [k for k, shape in expected_shapes.items()
+             if k in state and tuple(state[k].shape) != tuple(shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("wrong shape", wrong)) if keys)
+        raise WeightsError(f"weights file {path} does not fit the network ({detail})")
+    return state
