@@ -4,10 +4,10 @@ trainer adds on top of the model's own train_step.
     .venv/bin/python -m bench.train_speed [--ablation p2p_unet_rgb_gray] [--steps 40]
                                          [--out docs/benchmarks/training.md]
 
-The dataset is cut from the bundled NYSDOP erie_2021 orthophotos (real imagery, resampled
-from 0.30 m to ~0.46 m per pixel, about the ground size of a z18 web-mercator pixel at 42.6 N,
-in 256-px tiles; not reprojected onto map tiles, which does not matter for speed). Every
-number below comes from the same process, measured one after the other:
+The dataset is the ablation's own one when the align stage has built it (data/datasets/);
+otherwise 256-px tiles are cut from the bundled NYSDOP erie_2021 orthophotos (real imagery,
+resampled from 0.30 m to ~0.46 m per pixel; not reprojected onto map tiles, which does not
+matter for speed). Every number comes from the same process, measured one after the other:
 - `model only`: a bare loop over the same batches calling `model.train_step`;
 - `trainer, deterministic` / `trainer, not deterministic`: `pipeline.training.train`
   (schedulers, logging, progress bar; validation and checkpoints excluded, timed apart);
@@ -29,6 +29,7 @@ import rasterio
 import torch
 from rasterio.enums import Resampling
 
+from pipeline.align import DATASETS_DIR
 from pipeline.config import load_params
 from pipeline.dataset_format import DatasetInfo, open_split, write_info, write_split
 from pipeline.devices import seed_everything
@@ -100,8 +101,14 @@ def main() -> None:
 
     params = load_params()
     dataset = params.ablations[args.ablation].dataset
-    datasets = WORK / "datasets"
-    build_dataset(datasets, dataset)
+    if (DATASETS_DIR / dataset / "dataset.json").exists():
+        datasets = DATASETS_DIR
+        source = (f"the align stage's `{dataset}` dataset ({DATASETS_DIR / dataset}: real NYSDOP "
+                  f"map tiles served by the loopback WMTS)")
+    else:
+        datasets = WORK / "datasets"
+        build_dataset(datasets, dataset)
+        source = "256-px tiles cut from the bundled NYSDOP erie_2021 orthophotos (real imagery)"
     plan = plan_run(args.ablation, params, out_dir=WORK / "run", datasets_dir=datasets)
 
     bare = model_only_seconds(plan, args.steps)
@@ -135,8 +142,7 @@ def main() -> None:
         + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
         + f") with the `{plan.preset_name}` preset: batch {plan.preset.batch_size}, "
         f"crop {plan.preset.crop_size} of {plan.preset.load_size}-px tiles. Dataset: {plan.train_tiles} "
-        f"train / {plan.val_tiles} val 256-px tiles cut from the bundled NYSDOP erie_2021 orthophotos "
-        "(real imagery).",
+        f"train / {plan.val_tiles} val tiles, {source}.",
         f"Mean over {args.steps} steps (the first included in each); all numbers from the same process.",
         "",
         "| what | s/step | ratio to model only |",
