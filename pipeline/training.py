@@ -371,6 +371,7 @@ def options_record(plan: RunPlan, model: GANModel, device: torch.device, world: 
         "paired": plan.model_cls.paired,
         "options": plan.options.model_dump(mode="json"),
         "preset": {"name": plan.preset_name, **plan.preset.model_dump(mode="json")},
+        "total_steps": plan.total_steps,
         "schedule": {"constant_steps": plan.constant_steps, "decay_steps": plan.decay_steps,
                      "total_steps": plan.total_steps},
         "parameters": model.parameter_counts(),
