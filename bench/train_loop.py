@@ -1,7 +1,7 @@
 """Benchmark: training speed of one ablation with the default CPU preset, and what the
 trainer adds on top of the model's own train_step.
 
-    .venv/bin/python -m bench.train_speed [--ablation p2p_unet_rgb_gray] [--steps 40]
+    .venv/bin/python -m bench.train_loop [--ablation p2p_unet_rgb_gray] [--steps 40]
                                          [--out docs/benchmarks/training.md]
 
 The dataset is the ablation's own one when the align stage has built it (data/datasets/);
@@ -135,7 +135,7 @@ def main() -> None:
         "# Training speed benchmark",
         "",
         f"Measured {datetime.date.today()} on {platform.machine()}, {torch.get_num_threads()} CPU threads, "
-        f"torch {torch.__version__}, by `python -m bench.train_speed --ablation {args.ablation} "
+        f"torch {torch.__version__}, by `python -m bench.train_loop --ablation {args.ablation} "
         f"--steps {args.steps}`.",
         f"Ablation `{args.ablation}` ({plan.model_cls.name}, {plan.options.netG}, ngf {plan.options.ngf}, "
         f"ndf {plan.options.ndf}; parameters "
