@@ -64,9 +64,12 @@ def resolve_options(model: str, *, ablation_name: str, ablation: dict[str, Any],
     options_cls = cls.Options
     shared = dict(shared or {})
     merged: dict[str, Any] = {}
-    if preset is not None and str(options_cls.model_fields["netG"].default) == "unet_256":
+    fields = options_cls.model_fields
+    if preset is not None and str(fields["netG"].default) == "unet_256":
         # unet_256 needs 256-pixel crops; the preset names the U-Net that fits its crop.
         merged["netG"] = preset.unet
+        if "netE" in fields and str(fields["netE"].default) == "resnet_256" and preset.unet == "unet_128":
+            merged["netE"] = "resnet_128"  # BicycleGAN's encoder sized like its U-Net
     merged.update(shared)
     merged.update(ablation)
     try:

@@ -1,0 +1,305 @@
+"""Benchmark: training speed (seconds per iteration) and peak memory of our GAN variants,
+against the reference implementations measured in the same run.
+
+    .venv/bin/python -m bench.train_speed [--reference-dir /tmp/ref] [--configs cut,fastcut]
+
+Every measurement runs in a fresh worker process (one model, `--warmup` untimed then
+`--iters` timed iterations on synthetic random 256-pixel tiles, batch 1) so peak
+memory is per model: the process's peak resident set size (ru_maxrss), which includes
+Python and torch themselves (about 0.3 GB). Ours and the reference's workers
+alternate for `--rounds` rounds, so both see the same machine load; the ratio is
+ours / reference of the median iteration times. Without `--reference-dir` the
+reference columns show the times documented in docs (measured on this machine type)
+marked "not same run".
+
+`--reference-dir` holds checkouts of junyanz/pytorch-CycleGAN-and-pix2pix and
+taesungp/contrastive-unpaired-translation (directory names may carry an `owner+`
+prefix). Their model classes are imported from there and their
+`optimize_parameters` is timed with our settings: same networks and widths, 1-channel
+gray input for pix2pix (the reference's `--input_nc 1`), the gray input as 3 channels
+for CycleGAN (its identity loss needs equal channel counts) and CUT.
+
+With `--device cuda` the workers run on the GPU and also report images/s, in fp32 and
+(ours) bf16 autocast, and peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    # name: (our model, our options, documented reference s/iter on this project's 2-core CPU machines)
+    "pix2pix_unet256": {"model": "pix2pix", "options": {"netG": "unet_256"}, "documented": 0.50},
+    "pix2pix_resnet9": {"model": "pix2pix", "options": {"netG": "resnet_9blocks"}, "documented": 1.12},
+    "cyclegan": {"model": "cyclegan", "options": {}, "documented": 5.3},
+    "cut": {"model": "cut", "options": {}, "documented": 4.26},
+    "fastcut": {"model": "fastcut", "options": {}, "documented": 2.24},
+}
+RESULT_TAG = "BENCH_RESULT "
+
+
+# --------------------------------------------------------------------------- worker
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _time_steps(step: Any, warmup: int, iters: int, sync: Any) -> list[float]:
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_worker(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    device = args.device
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if args.worker == "ref":
+        from bench.reference_models import build_reference
+
+        step, counts, what = build_reference(
+            args.config, Path(args.reference_dir), args.size, args.batch_size, device
+        )
+    else:
+        from models.registry import get_model_class
+
+        spec = CONFIGS[args.config]
+        cls = get_model_class(spec["model"])
+        model = cls(cls.Options(**spec["options"]), torch.device(device))
+        if args.precision == "bf16":
+            model.autocast_dtype = torch.bfloat16  # type: ignore[attr-defined]
+        g = torch.Generator().manual_seed(0)
+        rgb = torch.rand(args.batch_size, 3, args.size, args.size, generator=g)  # synthetic, timing only
+        batch = {"A": 0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:], "B": rgb}
+
+        def step() -> None:
+            model.train_step(batch)
+
+        counts = model.parameter_counts()
+        what = f"ours {spec['model']} {spec['options'] or ''}".strip()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = _time_steps(step, args.warmup, args.iters, sync)
+    out: dict[str, Any] = {
+        "times": times,
+        "params": counts,
+        "what": what,
+        "peak_rss_mib": _peak_rss_mib(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if device == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+# --------------------------------------------------------------------------- parent
+def _spawn(worker: str, config: str, args: argparse.Namespace, precision: str = "fp32") -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.train_speed",
+        "--worker",
+        worker,
+        "--config",
+        config,
+        "--size",
+        str(args.size),
+        "--batch-size",
+        str(args.batch_size),
+        "--warmup",
+        str(args.warmup),
+        "--iters",
+        str(args.iters),
+        "--device",
+        args.device,
+        "--precision",
+        precision,
+    ]
+    if args.reference_dir:
+        cmd += ["--reference-dir", str(args.reference_dir)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], env=os.environ.copy()
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    raise RuntimeError(f"{worker} worker for {config} failed: {' | '.join(tail)}")
+
+
+def _reference_available(config: str, reference_dir: Path | None) -> bool:
+    if reference_dir is None:
+        return False
+    from bench.reference_models import REPO_OF, find_repo
+
+    return find_repo(reference_dir, REPO_OF[config]) is not None
+
+
+def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
+    with_ref = _reference_available(config, args.reference_dir)
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "ref": [], "ours_bf16": []}
+    for r in range(args.rounds):
+        order = ["ref", "ours"] if r % 2 == 0 else ["ours", "ref"]
+        for side in order:
+            if side == "ref" and not with_ref:
+                continue
+            runs[side].append(_spawn(side, config, args))
+            print(
+                f"  {config}: round {r + 1} {side}: "
+                + " ".join(f"{t:.2f}" for t in runs[side][-1]["times"])
+                + " s",
+                file=sys.stderr,
+                flush=True,
+            )
+        if args.device == "cuda":
+            runs["ours_bf16"].append(_spawn("ours", config, args, precision="bf16"))
+    result: dict[str, Any] = {"config": config}
+    for side, items in runs.items():
+        if not items:
+            continue
+        times = [t for item in items for t in item["times"]]
+        result[side] = {
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "n": len(times),
+            "peak_rss_mib": max(i["peak_rss_mib"] for i in items),
+            "params": items[0]["params"],
+            "what": items[0]["what"],
+            "threads": items[0]["threads"],
+            **(
+                {"peak_gpu_mib": max(i["peak_gpu_mib"] for i in items), "gpu": items[0]["gpu"]}
+                if args.device == "cuda"
+                else {}
+            ),
+        }
+    if with_ref:
+        result["ratio"] = result["ours"]["median_s"] / result["ref"]["median_s"]
+        result["same_run"] = True
+    else:
+        documented = CONFIGS[config]["documented"]
+        result["ref"] = {"median_s": documented, "documented": True}
+        result["ratio"] = result["ours"]["median_s"] / documented if args.device == "cpu" else None
+        result["same_run"] = False
+    return result
+
+
+def _fmt_params(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items())
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}; device {args.device}; {args.size} px, batch {args.batch_size}; "
+        f"{args.rounds} rounds x {args.iters} timed iterations after {args.warmup} warm-up, median.",
+        "",
+        "| config | ours s/iter | reference s/iter | ours / reference "
+        "| ours peak RSS MiB | reference peak RSS MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ref = r["ref"]
+        ref_s = f"{ref['median_s']:.2f}" + ("" if r["same_run"] else " (documented, not same run)")
+        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(
+            f"| {r['config']} | {r['ours']['median_s']:.2f} | {ref_s} | {ratio} | "
+            f"{r['ours']['peak_rss_mib']:.0f} | {ref.get('peak_rss_mib', float('nan')):.0f} |"
+        )
+    lines += ["", "Parameters (ours; reference):", ""]
+    for r in results:
+        ref_params = _fmt_params(r["ref"]["params"]) if "params" in r["ref"] else "not built"
+        lines.append(f"- {r['config']}: {_fmt_params(r['ours']['params'])}; {ref_params}")
+    if args.device == "cuda":
+        lines += [
+            "",
+            "| config | ours fp32 img/s | ours bf16 img/s | reference fp32 img/s | ours fp32 peak GPU MiB |",
+            "|---|---|---|---|---|",
+        ]
+        for r in results:
+            ips = args.batch_size / r["ours"]["median_s"]
+            bf = args.batch_size / r["ours_bf16"]["median_s"] if "ours_bf16" in r else float("nan")
+            rf = args.batch_size / r["ref"]["median_s"] if r["same_run"] else float("nan")
+            lines.append(
+                f"| {r['config']} | {ips:.1f} | {bf:.1f} | {rf:.1f} | {r['ours']['peak_gpu_mib']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.train_speed",
+        description="Seconds per training iteration and peak memory of pix2pix (U-Net, ResNet), "
+        "CycleGAN, CUT and FastCUT, ours vs the reference implementations in the same run.",
+    )
+    p.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated subset of {', '.join(CONFIGS)} (default: all)",
+    )
+    p.add_argument(
+        "--reference-dir",
+        type=Path,
+        default=None,
+        help="directory with checkouts of pytorch-CycleGAN-and-pix2pix and "
+        "contrastive-unpaired-translation; without it the documented reference times are shown",
+    )
+    p.add_argument("--size", type=int, default=256, help="tile size in pixels (default 256)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per worker (default 2)")
+    p.add_argument("--iters", type=int, default=3, help="timed iterations per worker (default 3)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating ours/reference rounds (default 2)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device (default cpu)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    # internal: one measurement in this process
+    p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        print(RESULT_TAG + json.dumps(run_worker(args)), flush=True)
+        return
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"error: unknown config(s) {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
+    if args.reference_dir is not None and not args.reference_dir.is_dir():
+        raise SystemExit(f"error: --reference-dir {args.reference_dir} is not a directory")
+    results = []
+    for config in configs:
+        print(f"measuring {config} ...", file=sys.stderr, flush=True)
+        results.append(measure(config, args))
+    text = report(results, args)
+    print(text)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2),
+            encoding="utf-8",
+        )
+
+
+if __name__ == "__main__":
+    main()
