@@ -38,7 +38,7 @@ from pipeline.training import plan_run, train, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "erie_2021"
-WORK = ROOT / "bench" / "out" / "train_speed"
+WORK = ROOT / "bench" / "out" / "train_loop"
 SCALE = 0.30 / 0.46  # 1 ft pixels to ~z18 ground resolution
 
 
