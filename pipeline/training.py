@@ -463,6 +463,14 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
     if bf16:  # channels_last lets cuDNN use tensor-core kernels for bf16 convolutions
         for net in model.nets.values():
             net.to(memory_format=torch.channels_last)
+    # Variants built on models.gan.ColourGAN autocast their forward passes themselves
+    # (`autocast_dtype`), keeping backward and optimizer steps in float32; any other
+    # GANModel gets its whole train_step (and colourise) wrapped by the trainer.
+    if bf16 and hasattr(model, "autocast_dtype"):
+        model.autocast_dtype = torch.bfloat16
+        wrap_bf16 = False
+    else:
+        wrap_bf16 = bf16
     schedulers = make_schedulers(model, plan.constant_steps, plan.decay_steps)
     if info.enabled:
         broadcast_state(model.nets.values())
@@ -552,9 +560,9 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
             if bf16:
                 batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
             lrs = {name: opt.param_groups[0]["lr"] for name, opt in model.optimizers.items()}
-            # bf16 autocast covers the variant's whole train_step (forward, backward and
-            # step): the contract keeps them in one call. bf16 needs no loss scaling.
-            with autocast(dev, bf16):
+            # A wrapped train_step runs forward, backward and step under autocast (the
+            # contract keeps them in one call); bf16 needs no loss scaling.
+            with autocast(dev, wrap_bf16):
                 losses = model.train_step(batch)
             for sched in schedulers.values():
                 sched.step()
@@ -586,7 +594,7 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
                 live.make_summary()
                 window, window_n = {}, 0
             if info.is_main and (done % cfg.val_every == 0 or done == total) and len(val_split):
-                val_l1, grid = validate(model, val_split, dev, bf16=bf16, samples=samples)
+                val_l1, grid = validate(model, val_split, dev, bf16=wrap_bf16, samples=samples)
                 result.val_l1 = val_l1
                 if grid is not None:
                     write_samples(plan.out_dir, done, grid)

@@ -74,3 +74,20 @@ def test_two_processes_average_gradients_like_one_process_with_twice_the_batch(t
     same, different = _gap(ddp, singles[2]), _gap(ddp, singles[1])
     assert different > 1e-4
     assert same < 1e-3 * different, (same, different)
+
+
+def test_real_pix2pix_replicas_stay_identical_with_batch_norm(tmp_path: Path) -> None:
+    """Batch norm (running statistics per process) and dropout (a random stream per
+    process): weights, buffers and optimizer state must still agree after every step."""
+    datasets = tmp_path / "datasets"
+    write_tiny_dataset(datasets / "tiny", n_train=8)
+    params = write_params(tmp_path / "params.yaml", steps=2, decay=1, checkpoint_every=1, ablations={
+        "p2p": {"model": "pix2pix", "dataset": "tiny", "netG": "resnet_6blocks", "ngf": 16, "ndf": 16}})
+    done = torchrun(["p2p", "--params", str(params), "--datasets", str(datasets), "--out",
+                     str(tmp_path / "ddp")], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ck = read_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
+    assert ck["step"] == 3 and len(ck["ranks"]) == 2
+    assert ck["ranks"][0]["weights"] == ck["ranks"][1]["weights"]
+    means = [v for k, v in ck["nets"]["G"].items() if k.endswith("running_mean")]
+    assert means and all(m.abs().sum() > 0 for m in means)  # batch norm, and its statistics moved
