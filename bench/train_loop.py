@@ -1,13 +1,14 @@
 """Benchmark: training speed of one ablation with the default CPU preset, and what the
 trainer adds on top of the model's own train_step.
 
-    .venv/bin/python -m bench.train_loop [--ablation p2p_unet_rgb_gray] [--steps 40]
+    .venv/bin/python -m bench.train_loop [--ablation p2p_unet_rgb_gray] [--steps 60] [--rounds 3]
                                          [--out docs/benchmarks/training.md]
 
 The dataset is the ablation's own one when the align stage has built it (data/datasets/);
 otherwise 256-px tiles are cut from the bundled NYSDOP erie_2021 orthophotos (real imagery,
 resampled from 0.30 m to ~0.46 m per pixel; not reprojected onto map tiles, which does not
-matter for speed). Every number comes from the same process, measured one after the other:
+matter for speed). Every number comes from the same process; the three step timings alternate
+in rounds:
 - `model only`: a bare loop over the same batches calling `model.train_step`;
 - `trainer, deterministic` / `trainer, not deterministic`: `pipeline.training.train`
   (schedulers, logging, progress bar; validation and checkpoints excluded, timed apart);
@@ -19,8 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import platform
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -69,33 +72,36 @@ def build_dataset(root: Path, name: str, tile: int = 256) -> Path:
     return out
 
 
-def model_only_seconds(plan, steps: int) -> float:  # type: ignore[no-untyped-def]
-    """Seconds per step of a bare loop: the model's train_step on the trainer's batches."""
+def model_only_times(plan, first: int, steps: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds of each step of a bare loop: the model's train_step on the trainer's batches."""
     seed_everything(0)
     model = plan.model_cls(plan.options, torch.device("cpu"))
     batches = PairBatches(open_split(plan.dataset_dir, "train"), batch_size=plan.preset.batch_size,
                           crop_size=plan.preset.crop_size, load_size=plan.preset.load_size,
                           paired=plan.model_cls.paired, seed=0)
     model.train()
-    start = time.perf_counter()
-    for step in range(steps):
+    times = []
+    for step in range(first, first + steps):
+        start = time.perf_counter()
         model.train_step(batches.batch(step))
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return times
 
 
-def trainer_seconds(plan, steps: int, deterministic: bool) -> float:  # type: ignore[no-untyped-def]
-    """Seconds per step inside the trainer's loop (validation and checkpoints excluded)."""
+def trainer_times(plan, steps: int, deterministic: bool) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds of each step inside the trainer's loop (validation and checkpoints excluded)."""
     cfg = plan.config.model_copy(update={"deterministic": deterministic, "val_every": 10**9,
                                          "checkpoint_every": 10**9})
     plan = dataclasses.replace(plan, config=cfg)
     shutil.rmtree(plan.out_dir, ignore_errors=True)
-    return train(plan, resume=False, stop_at=steps, progress=False).step_seconds / steps
+    return train(plan, resume=False, stop_at=steps, progress=False).step_times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ablation", default="p2p_unet_rgb_gray")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=60, help="steps per set-up, over all rounds")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/training.md"))
     args = parser.parse_args()
 
@@ -111,9 +117,17 @@ def main() -> None:
         source = "256-px tiles cut from the bundled NYSDOP erie_2021 orthophotos (real imagery)"
     plan = plan_run(args.ablation, params, out_dir=WORK / "run", datasets_dir=datasets)
 
-    bare = model_only_seconds(plan, args.steps)
-    det = trainer_seconds(plan, args.steps, deterministic=True)
-    nondet = trainer_seconds(plan, args.steps, deterministic=False)
+    # Rounds alternate the three set-ups so that all see the same machine load; each
+    # figure is the median step time over all its rounds (robust to load bursts).
+    load_before = os.getloadavg()[0]
+    times: dict[str, list[float]] = {"bare": [], "det": [], "nondet": []}
+    per_round = max(1, args.steps // args.rounds)
+    for r in range(args.rounds):
+        times["bare"] += model_only_times(plan, r * per_round, per_round)
+        times["det"] += trainer_times(plan, per_round, deterministic=True)
+        times["nondet"] += trainer_times(plan, per_round, deterministic=False)
+    bare, det, nondet = (statistics.median(times[k]) for k in ("bare", "det", "nondet"))
+    mean = {k: statistics.fmean(v) for k, v in times.items()}
 
     model = plan.model_cls(plan.options, torch.device("cpu"))
     val = open_split(plan.dataset_dir, "val")
@@ -129,7 +143,8 @@ def main() -> None:
 
     total = plan.total_steps
     n_val = -(-total // plan.config.val_every)
-    estimate = det * total + n_val * val_s
+    estimate = det * total + n_val * val_s  # median-based: a quiet machine's duration
+    loaded = mean["det"] * total + n_val * val_s
     counts = model.parameter_counts()
     lines = [
         "# Training speed benchmark",
@@ -143,18 +158,21 @@ def main() -> None:
         + f") with the `{plan.preset_name}` preset: batch {plan.preset.batch_size}, "
         f"crop {plan.preset.crop_size} of {plan.preset.load_size}-px tiles. Dataset: {plan.train_tiles} "
         f"train / {plan.val_tiles} val tiles, {source}.",
-        f"Mean over {args.steps} steps (the first included in each); all numbers from the same process.",
+        f"Median step time over {per_round * args.rounds} steps per set-up, in {args.rounds} alternating "
+        f"rounds, all in the same process. Load average (1 min) {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores.",
         "",
-        "| what | s/step | ratio to model only |",
-        "|---|---|---|",
-        f"| model only (bare loop over the same batches) | {bare:.3f} | 1.00 |",
-        f"| trainer, deterministic (default) | {det:.3f} | {det / bare:.2f} |",
-        f"| trainer, not deterministic | {nondet:.3f} | {nondet / bare:.2f} |",
+        "| what | median s/step | ratio to model only | mean s/step (load bursts included) |",
+        "|---|---|---|---|",
+        f"| model only (bare loop over the same batches) | {bare:.3f} | 1.00 | {mean['bare']:.3f} |",
+        f"| trainer, deterministic (default) | {det:.3f} | {det / bare:.2f} | {mean['det']:.3f} |",
+        f"| trainer, not deterministic | {nondet:.3f} | {nondet / bare:.2f} | {mean['nondet']:.3f} |",
         "",
         f"One validation pass ({plan.val_tiles} whole tiles + sample grid): {val_s:.1f} s. "
         f"First step + checkpoint save: {first_step_and_save:.1f} s; checkpoint {size_mb:.1f} MB.",
         f"Estimated full `{plan.preset_name}` run ({total} steps, {n_val} validations): "
-        f"{estimate / 60:.1f} min.",
+        f"{estimate / 60:.1f} min from the median step, {loaded / 60:.1f} min at this run's load "
+        "(mean step).",
         "",
         "The machine is shared and noisy: compare the ratios, not the absolute times.",
         "",

@@ -173,6 +173,7 @@ def save_atomic(path: Path, obj: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _default_file_mode())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
@@ -191,6 +192,12 @@ def save_atomic(path: Path, obj: dict[str, Any]) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def remove_stale_temp_files(path: Path) -> None:

@@ -196,13 +196,14 @@ class TrainResult:
     end_step: int
     total_steps: int
     seconds: float
-    step_seconds: float  # time inside training steps only
+    step_seconds: float  # time inside training steps only (their sum)
     device: str
     checkpoint: Path
     val_l1: float | None = None
     synthetic_input: bool = False
     skipped: bool = False
     losses: dict[str, float] = field(default_factory=dict)
+    step_times: list[float] = field(default_factory=list)  # seconds of each step this run
 
     @property
     def finished(self) -> bool:
@@ -568,7 +569,8 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
                 sched.step()
             if info.enabled:
                 average_buffers(model.nets.values())
-            result.step_seconds += time.perf_counter() - t0
+            result.step_times.append(time.perf_counter() - t0)
+            result.step_seconds += result.step_times[-1]
             done = step + 1
             result.end_step = done
 

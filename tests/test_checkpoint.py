@@ -256,3 +256,9 @@ def test_unloadable_state_is_refused_when_saving(tmp_path: Path, value: Any, nam
     with pytest.raises(TypeError, match=named):
         save_checkpoint(tmp_path / "c.pt", {"ranks": [{"extra": {"pool": value}}]})
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_checkpoints_get_the_usual_file_permissions(trained: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    assert trained.stat().st_mode & 0o777 == 0o666 & ~mask
