@@ -32,11 +32,11 @@ import rasterio
 import torch
 from rasterio.enums import Resampling
 
-from pipeline.align import DATASETS_DIR
 from pipeline.config import load_params
 from pipeline.dataset_format import DatasetInfo, open_split, write_info, write_split
 from pipeline.devices import seed_everything
 from pipeline.pair_batches import PairBatches
+from pipeline.paths import DATASETS_DIR
 from pipeline.training import plan_run, train, validate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -50,6 +50,7 @@ from pipeline.pairing import (
     luma,
     nodata_fraction,
 )
+from pipeline.paths import DATASETS_DIR, TILES_DIR, store_path
 from pipeline.registration import Offset, estimate_offset
 from pipeline.splits import GUARD, SplitPlan
 from pipeline.tiles import TILE_SIZE, TileId, tile_bounds_wgs84
@@ -57,8 +58,6 @@ from pipeline.tilestore import TileStatus, TileStore, decode_tile
 
 log = logging.getLogger("pipeline.align")
 
-TILES_DIR = Path("data/tiles")
-DATASETS_DIR = Path("data/datasets")
 
 # How each drop reason is worded in the log line (several reasons share a word).
 DROP_WORDS = {
@@ -86,13 +85,9 @@ class AlignError(PairingError):
     """The dataset cannot be built from these stores and parameters."""
 
 
-def store_path(tiles_dir: Path, fetch_key: str) -> Path:
-    return Path(tiles_dir) / f"{fetch_key}.mbtiles"
-
-
 def open_store(tiles_dir: Path, fetch_key: str, role: str) -> TileStore:
     """Open a harvested store read-only, refusing missing, incomplete and all-empty ones."""
-    path = store_path(tiles_dir, fetch_key)
+    path = store_path(fetch_key, tiles_dir)
     if not path.exists():
         raise AlignError(f"the {role} tile store {path} is missing; it is made by the fetch stage "
                          f"fetch@{fetch_key}: run `dvc repro fetch@{fetch_key}`")
@@ -431,8 +426,8 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
     target_layer = t_meta.get("layer", ds.target)
     input_layer = i_meta.get("layer", ds.historic) if ds.input == "historic" else f"{target_layer} (luma)"
     meta = {"input_kind": ds.input, "input_layer": input_layer, "target_layer": target_layer,
-            "target_store": str(store_path(tiles_dir, ds.target)),
-            "input_store": str(store_path(tiles_dir, ds.historic or ds.target))}
+            "target_store": str(store_path(ds.target, tiles_dir)),
+            "input_store": str(store_path(ds.historic or ds.target, tiles_dir))}
     if result.colour_input_tiles:
         log.warning("the historic layer '%s' is in colour in %d tiles; converted to grey with %s",
                     input_layer, result.colour_input_tiles, LUMA_FORMULAS[cfg.luma])

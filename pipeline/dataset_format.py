@@ -43,11 +43,19 @@ class DatasetInfo:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
+def _umask_permissions(fd: int) -> None:
+    """mkstemp creates 0600 files; give the final file the permissions open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and rename: never a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _umask_permissions(fd)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -66,6 +74,7 @@ def write_split(root: Path, split: str, pairs: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{split}.", suffix=".npy")
     try:
+        _umask_permissions(fd)
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, np.ascontiguousarray(pairs), allow_pickle=False)
         os.replace(tmp, path)

@@ -31,12 +31,9 @@ from pipeline.dataset_format import (
     read_info,
 )
 from pipeline.errors import LuminescenceError, cli_entry
+from pipeline.paths import DATASETS_DIR, METRICS_DIR, REPORTS_DIR, RUNS_DIR, store_path
 
-DATASETS_DIR = Path("data/datasets")
-RUNS_DIR = Path("runs")
-METRICS_DIR = Path("metrics")
-SAMPLES_DIR = Path("reports/samples")
-TILES_DIR = Path("data/tiles")
+SAMPLES_DIR = REPORTS_DIR / "samples"
 FEATURE_CACHE = Path(".cache/features")
 GRID_TILES = 6  # test tiles shown in each sample grid
 
@@ -239,7 +236,7 @@ def evaluate(name: str, params: Any, *, baseline: bool = False, progress: bool =
         preds, usable = input_as_output(gray), np.ones(len(gray), dtype=bool)
         extra = {"baseline": "input as output (the grayscale input scored as the colourisation)"}
     elif baseline:
-        store = TILES_DIR / f"{spec.layer}.mbtiles"
+        store = store_path(spec.layer)
         preds, usable = layer_predictions(store, test_tiles(root))
         if usable.sum() < 2:
             raise EvaluateError(f"baseline layer {spec.layer} covers {int(usable.sum())} of the "

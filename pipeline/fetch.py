@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from pipeline.config import PARAMS_FILE, HarvestConfig, Params, load_params, lookup
 from pipeline.errors import LuminescenceError, cli_entry
 from pipeline.harvester import HarvestReport, harvest_to_store
+from pipeline.paths import store_path
 from pipeline.tiles import TileId
 from pipeline.wmts_client import (
     Capabilities,
@@ -38,7 +39,6 @@ from pipeline.wmts_client import (
 if TYPE_CHECKING:
     from pipeline.aoi import Aoi
 
-TILES_DIR = Path("data/tiles")
 
 
 class AoiOutsideLayerError(LuminescenceError):
@@ -207,7 +207,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     fetch = lookup(params.fetch, args.key, "fetch key", f"fetch.{args.key}")
     source_cfg = params.sources[fetch.source]
     aoi = load_aoi(params.aois[fetch.aoi], fetch.aoi)
-    out = TILES_DIR / f"{args.key}.mbtiles"
+    out = store_path(args.key)
     cfg = params.harvest
     progress = not args.quiet
     if source_cfg.kind == "sample":

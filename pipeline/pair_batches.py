@@ -81,7 +81,7 @@ class PairBatches:
 
 def full_tiles(pairs: np.ndarray, start: int, stop: int) -> dict[str, torch.Tensor]:
     """Whole tiles [start:stop] for validation and evaluation, no augmentation."""
-    chunk = np.asarray(pairs[start:stop])
+    chunk = np.array(pairs[start:stop])  # a writable copy (torch warns on read-only memmaps)
     a = torch.from_numpy(chunk[..., INPUT_CHANNEL]).unsqueeze(1).float().div_(255.0)
     b = torch.from_numpy(chunk[..., TARGET_CHANNELS]).permute(0, 3, 1, 2).float().div_(255.0)
     return {"A": a, "B": b}

@@ -25,10 +25,7 @@ from typing import Any
 
 from pipeline.dataset_format import atomic_write_bytes
 from pipeline.errors import LuminescenceError, cli_entry
-
-METRICS_DIR = Path("metrics")
-RUNS_DIR = Path("runs")
-REPORT_DIR = Path("reports")
+from pipeline.paths import METRICS_DIR, REPORTS_DIR, RUNS_DIR
 
 FAMILIES = {"pix2pix": "pix2pix", "cyclegan": "CycleGAN", "cut": "CUT / FastCUT",
             "fastcut": "CUT / FastCUT", "bicyclegan": "BicycleGAN"}
@@ -371,7 +368,7 @@ def summary_markdown(params: Any, entries: Sequence[Entry], missing: Sequence[st
 
 
 def write_report(params: Any, *, metrics_dir: Path = METRICS_DIR, runs_dir: Path = RUNS_DIR,
-                 out_dir: Path = REPORT_DIR) -> Path:
+                 out_dir: Path = REPORTS_DIR) -> Path:
     entries, missing = load_entries(params, metrics_dir)
     if not entries:
         raise ReportError(f"no metric files in {metrics_dir} for the ablations in params.yaml; run "

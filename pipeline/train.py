@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from the run folder's checkpoint when it matches (default); "
                              "--no-resume trains from scratch and overwrites it")
+    parser.add_argument("--resume-interrupted-only", action="store_true",
+                        help="resume only an unfinished checkpoint of the same settings, else train "
+                             "afresh (what dvc.yaml uses: DVC re-runs a stage only when something "
+                             "changed)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE",
                         help="parameters file (default: params.yaml)")
     parser.add_argument("--datasets", type=Path, default=None, metavar="DIR",
@@ -50,12 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.config import load_params
     from pipeline.devices import distributed_from_env
-    from pipeline.training import DATASETS_DIR, plan_run, summary_line, train
+    from pipeline.paths import DATASETS_DIR
+    from pipeline.training import plan_run, summary_line, train
 
     params = load_params(args.params)
     plan = plan_run(args.ablation, params, out_dir=args.out, steps=args.steps,
                     datasets_dir=args.datasets or DATASETS_DIR)
-    result = train(plan, resume=args.resume, stop_at=args.stop_at, device=args.device,
+    resume = args.resume
+    if args.resume_interrupted_only:
+        from pipeline.training import resume_decision
+
+        resume, why = resume_decision(plan)
+        if why and distributed_from_env().is_main:
+            print(why, file=sys.stderr)
+    result = train(plan, resume=resume, stop_at=args.stop_at, device=args.device,
                    progress=not args.no_progress)
     if distributed_from_env().is_main:
         print(summary_line(result))

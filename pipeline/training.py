@@ -38,8 +38,9 @@ from tqdm import tqdm
 
 from models.base import GANModel, ModelOptions
 from models.registry import get_model_class, resolve_options
-from pipeline.align import DATASETS_DIR  # where the align stage writes <name>/{train,val,test}.npy
 from pipeline.checkpoint import (
+    CheckpointError,
+    CheckpointMismatch,
     capture_rng,
     check_identity,
     identity_hash,
@@ -71,8 +72,8 @@ from pipeline.devices import (
 )
 from pipeline.errors import LuminescenceError
 from pipeline.pair_batches import PairBatches, full_tiles
+from pipeline.paths import DATASETS_DIR, RUNS_DIR
 
-RUNS_DIR = Path("runs")
 VAL_BATCH = 8  # whole tiles per validation forward pass
 
 
@@ -407,6 +408,30 @@ def train(plan: RunPlan, *, resume: bool = True, stop_at: int | None = None, dev
         torch.use_deterministic_algorithms(was_deterministic)
         if started_group:
             shutdown_distributed()
+
+
+def resume_decision(plan: RunPlan) -> tuple[bool, str]:
+    """For `--resume-interrupted-only` (what dvc.yaml runs): resume only an unfinished
+    checkpoint of exactly these settings; anything else trains afresh.
+
+    DVC re-runs a train stage only when its code, data or params changed (or its outputs
+    are gone), so a finished or mismatched checkpoint is stale there, while an unfinished
+    matching one is an interrupted `dvc repro` to continue. Returns (resume, why).
+    """
+    path = plan.checkpoint_path
+    if not path.exists():
+        return False, ""
+    try:
+        ckpt = read_checkpoint(path)
+        check_identity(ckpt, plan.identity(dataset_fingerprint(plan.dataset_dir)), path)
+    except CheckpointMismatch:
+        return False, f"{path} is from other settings; training {plan.ablation} afresh"
+    except CheckpointError as exc:
+        return False, f"{path} is unusable ({exc}); training {plan.ablation} afresh"
+    if ckpt["finished"]:
+        return False, f"{path} is finished but its stage is being re-run (code or data changed); " \
+                      f"training {plan.ablation} afresh"
+    return True, f"resuming the interrupted run of {plan.ablation} at step {int(ckpt['step'])}"
 
 
 def batch_stream(batches: PairBatches, start: int, end: int, *, prefetch: bool = False,

@@ -94,3 +94,25 @@ def test_stage_outputs_resume_no_op_and_mismatch(tmp_path: Path, monkeypatch: py
 
     code, out, _ = _run(["tiny", "--no-resume", "--no-progress", "--steps", "2"], capsys)
     assert code == 0 and out.startswith("trained tiny: 2 steps")
+
+
+def test_dvc_mode_resumes_only_interrupted_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--resume-interrupted-only (dvc.yaml): DVC re-runs a stage only when something changed,
+    so finished or mismatched checkpoints are retrained, interrupted matching ones resumed."""
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path / "data" / "datasets" / "tiny")
+    write_params(tmp_path / "params.yaml")
+
+    code, out, _ = _run(["tiny", "--stop-at", "3", "--no-progress"], capsys)
+    assert code == 0
+    code, out, err = _run(["tiny", "--resume-interrupted-only", "--no-progress"], capsys)
+    assert code == 0 and "resumed at step 3" in out and "resuming the interrupted run" in err
+
+    code, out, err = _run(["tiny", "--resume-interrupted-only", "--no-progress"], capsys)
+    assert code == 0 and out.startswith("trained tiny: 8 steps") and "is finished" in err
+
+    write_params(tmp_path / "params.yaml", ablations={"tiny": {"model": "tiny_p2p", "dataset": "tiny",
+                                                               "netD": "pixel"}})
+    code, out, err = _run(["tiny", "--resume-interrupted-only", "--no-progress"], capsys)
+    assert code == 0 and out.startswith("trained tiny: 8 steps") and "from other settings" in err
