@@ -20,6 +20,7 @@ negative eigenvalues, so those are pure noise).
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 __all__ = ["feature_statistics", "frechet_distance", "frechet_distance_from_features"]
 
@@ -56,10 +57,13 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """tr sqrt(S1 S2) for symmetric PSD S1, S2 via eigenvalues of sqrt(S1) S2 sqrt(S1)."""
-    root1 = _psd_sqrt(sigma1)
-    m = root1 @ sigma2 @ root1
-    m = 0.5 * (m + m.T)  # undo rounding asymmetry so eigvalsh sees a symmetric matrix
-    eigs = _clip_noise(np.linalg.eigvalsh(m))
+    # One BLAS thread: on small shared machines multithreaded OpenBLAS eigensolvers spin
+    # and ran >10x slower than one thread (measured: d=1280 eigh 5.7 s vs 0.46 s).
+    with threadpool_limits(limits=1, user_api="blas"):
+        root1 = _psd_sqrt(sigma1)
+        m = root1 @ sigma2 @ root1
+        m = 0.5 * (m + m.T)  # undo rounding asymmetry so eigvalsh sees a symmetric matrix
+        eigs = _clip_noise(np.linalg.eigvalsh(m))
     return float(np.sqrt(eigs).sum())
 
 

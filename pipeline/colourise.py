@@ -276,9 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Colourise every tile of a tile store (MBTiles) with a trained model, seamlessly, "
                     "into a new MBTiles (and optionally a GeoTIFF mosaic and a preview PNG).",
         epilog="A new area: first `python -m pipeline.fetch harvest ... --out AREA.mbtiles`.")
-    parser.add_argument("--model", type=Path, required=True, help="runs/ABLATION/model.pt")
-    parser.add_argument("--store", type=Path, required=True, help="input tile store (.mbtiles)")
-    parser.add_argument("--out", type=Path, required=True, help="output tile store (.mbtiles)")
+    parser.add_argument("--stage", action="store_true",
+                        help="the dvc.yaml stage: model, store and margin from params.yaml `colourise`, "
+                             "outputs in data/colourised/ and reports/colourised/")
+    parser.add_argument("--model", type=Path, help="runs/ABLATION/model.pt")
+    parser.add_argument("--store", type=Path, help="input tile store (.mbtiles)")
+    parser.add_argument("--out", type=Path, help="output tile store (.mbtiles)")
     parser.add_argument("--geotiff", type=Path, default=None, help="also write a GeoTIFF mosaic")
     parser.add_argument("--preview", type=Path, default=None, help="also write a preview PNG")
     parser.add_argument("--margin", type=int, default=None,
@@ -294,7 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.stage:
+        from pipeline.config import load_params
+        from pipeline.paths import COLOURISED_DIR, REPORTS_DIR, RUNS_DIR, store_path
+
+        cfg = load_params().colourise
+        if cfg is None:
+            raise ColouriseError("params.yaml has no `colourise` section (ablation, store)")
+        args.model = RUNS_DIR / cfg.ablation / "model.pt"
+        args.store = store_path(cfg.store)
+        args.out = COLOURISED_DIR / f"{cfg.store}.mbtiles"
+        args.geotiff = COLOURISED_DIR / f"{cfg.store}.tif"
+        args.preview = REPORTS_DIR / "colourised" / f"{cfg.store}.png"
+        args.margin = cfg.margin
+        args.out.unlink(missing_ok=True)  # a stage re-run starts over (model or area changed)
+    elif not (args.model and args.store and args.out):
+        parser.error("--model, --store and --out are required (or --stage)")
     print(run(args.model, args.store, args.out, geotiff=args.geotiff, preview=args.preview,
               margin=args.margin, luma=args.luma, device_name=args.device, batch_size=args.batch_size,
               progress=not args.no_progress))

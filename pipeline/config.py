@@ -267,6 +267,14 @@ class BaselineConfig(Strict):
         return self
 
 
+class ColouriseConfig(Strict):
+    """The `colourise` stage: a trained ablation colourises a harvested area."""
+
+    ablation: str
+    store: str  # fetch key of the tile store to colourise
+    margin: int | None = Field(default=None, ge=0)  # context pixels; None: smallest that fits G
+
+
 # --------------------------------------------------------------------------- all
 class Params(Strict):
     sources: dict[str, SourceConfig]
@@ -280,6 +288,7 @@ class Params(Strict):
     ablations: dict[str, AblationConfig] = {}
     evaluate: EvaluateConfig = EvaluateConfig()
     baselines: dict[str, BaselineConfig] = {}
+    colourise: ColouriseConfig | None = None
 
     @field_validator("fetch", "datasets", "ablations", "baselines", "aois", "sources")
     @classmethod
@@ -304,6 +313,9 @@ class Params(Strict):
             _check_ref(f"baselines.{key}.dataset", bl.dataset, self.datasets)
             if bl.layer:
                 _check_ref(f"baselines.{key}.layer", bl.layer, self.fetch)
+        if self.colourise:
+            _check_ref("colourise.ablation", self.colourise.ablation, self.ablations)
+            _check_ref("colourise.store", self.colourise.store, self.fetch)
         if self.ablations and self.train is None:
             raise ConfigError("params.yaml: `ablations` need a `train` section (presets and defaults)")
         return self

@@ -10,6 +10,7 @@ DATASETS_DIR = Path("data/datasets")  # align@<dataset>: <dataset>/
 RUNS_DIR = Path("runs")  # train@<ablation>: <ablation>/
 METRICS_DIR = Path("metrics")  # evaluate@<ablation>, baseline@<name>: <name>.json
 REPORTS_DIR = Path("reports")  # report: summary.md, figures/; evaluate: samples/
+COLOURISED_DIR = Path("data/colourised")  # colourise: <store>.mbtiles and .tif
 
 
 def store_path(fetch_key: str, tiles_dir: Path = TILES_DIR) -> Path:
