@@ -70,6 +70,8 @@ def _time_steps(step: Any, warmup: int, iters: int, sync: Any) -> list[float]:
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if args.worker == "ref":
@@ -97,9 +99,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         what = f"ours {spec['model']} {spec['options'] or ''}".strip()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    load_before = os.getloadavg()[0]
     times = _time_steps(step, args.warmup, args.iters, sync)
     out: dict[str, Any] = {
         "times": times,
+        "load": [load_before, os.getloadavg()[0]],
         "params": counts,
         "what": what,
         "peak_rss_mib": _peak_rss_mib(),
@@ -137,8 +141,12 @@ def _spawn(worker: str, config: str, args: argparse.Namespace, precision: str = 
     ]
     if args.reference_dir:
         cmd += ["--reference-dir", str(args.reference_dir)]
+    env = os.environ.copy()
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], env=os.environ.copy()
+        cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], env=env
     )
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -164,13 +172,10 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
             if side == "ref" and not with_ref:
                 continue
             runs[side].append(_spawn(side, config, args))
-            print(
-                f"  {config}: round {r + 1} {side}: "
-                + " ".join(f"{t:.2f}" for t in runs[side][-1]["times"])
-                + " s",
-                file=sys.stderr,
-                flush=True,
-            )
+            last = runs[side][-1]
+            times = " ".join(f"{t:.2f}" for t in last["times"])
+            load = f"load average {last['load'][0]:.1f} -> {last['load'][1]:.1f}"
+            print(f"  {config}: round {r + 1} {side}: {times} s ({load})", file=sys.stderr, flush=True)
         if args.device == "cuda":
             runs["ours_bf16"].append(_spawn("ours", config, args, precision="bf16"))
     result: dict[str, Any] = {"config": config}
@@ -186,6 +191,7 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
             "params": items[0]["params"],
             "what": items[0]["what"],
             "threads": items[0]["threads"],
+            "load_max": max(max(i["load"]) for i in items),
             **(
                 {"peak_gpu_mib": max(i["peak_gpu_mib"] for i in items), "gpu": items[0]["gpu"]}
                 if args.device == "cuda"
@@ -208,10 +214,13 @@ def _fmt_params(counts: dict[str, int]) -> str:
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    load = max((r[s]["load_max"] for r in results for s in ("ours", "ref") if "load_max" in r[s]), default=0)
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"Python {platform.python_version()}; device {args.device}; {args.size} px, batch {args.batch_size}; "
-        f"{args.rounds} rounds x {args.iters} timed iterations after {args.warmup} warm-up, median.",
+        f"{args.rounds} rounds x {args.iters} timed iterations after {args.warmup} warm-up, median; "
+        f"torch threads {results[0]['ours']['threads'] if results else '?'}; highest 1-minute load average "
+        f"during the measurements {load:.1f}.",
         "",
         "| config | ours s/iter | reference s/iter | ours / reference "
         "| ours peak RSS MiB | reference peak RSS MiB |",
@@ -269,6 +278,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=3, help="timed iterations per worker (default 3)")
     p.add_argument("--rounds", type=int, default=2, help="alternating ours/reference rounds (default 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device (default cpu)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch/OpenMP threads per worker (default: one per core)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     # internal: one measurement in this process
     p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
