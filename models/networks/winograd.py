@@ -12,10 +12,20 @@ saved multiplications make ResNet blocks' 256-channel convolutions (resnet_9bloc
 256 px: ~87% of the generator's work) about 30% faster forward and backward. With
 fewer channels the transforms cost more than they save, so `Conv3x3` falls back to
 the ordinary convolution below `MIN_CHANNELS` and on other devices (GPUs choose their
-own algorithms). `set_enabled(False)` turns it off (for comparisons).
+own algorithms). `set_enabled(False)` or the environment variable
+LUMINESCENCE_WINOGRAD=0 turns it off.
+
+The transforms are many small elementwise operations, each an OpenMP parallel
+region: when other busy processes share the cores, OpenMP's spin-waiting at each
+region's barrier costs more here than in one big convolution (measured: a 2-core
+machine with one competing busy process made a resnet_9blocks forward+backward ~3x
+slower than oneDNN's; with OMP_WAIT_POLICY=PASSIVE it stayed ~20% faster). Training
+runs one at a time in the pipeline; set OMP_WAIT_POLICY=PASSIVE on shared machines.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +33,7 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 MIN_CHANNELS = 256  # measured crossover on 2-core AVX2 CPUs (128 channels: slower)
-_enabled = True
+_enabled = os.environ.get("LUMINESCENCE_WINOGRAD", "1") != "0"
 
 # F(2x2, 3x3) filter transform G (4x3); the input (B^T) and output (A^T) transforms are
 # written out as additions below.
@@ -115,7 +125,9 @@ def _output_transform_adjoint(gy: torch.Tensor) -> torch.Tensor:
 
 class _WinogradConv3x3(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         u = _filter_transform(weight)
         h, w = (x.shape[2] - 2) // 2, (x.shape[3] - 2) // 2
         # one image at a time: contiguous transforms, one batch of 16 products each
