@@ -7,10 +7,11 @@ Every measurement runs in a fresh worker process (one model, `--warmup` untimed 
 `--iters` timed iterations on synthetic random 256-pixel tiles, batch 1) so peak
 memory is per model: the process's peak resident set size (ru_maxrss), which includes
 Python and torch themselves (about 0.3 GB). Ours and the reference's workers
-alternate for `--rounds` rounds, so both see the same machine load; the ratio is
-ours / reference of the median iteration times. Without `--reference-dir` the
-reference columns show the times documented in docs (measured on this machine type)
-marked "not same run".
+alternate for `--rounds` rounds, so both see the same machine load; the ratios are
+ours / reference of the median and of the minimum iteration times (the minimum is the
+least disturbed by other processes on a shared machine). Without `--reference-dir`
+the reference columns show the times documented in docs (measured on this machine
+type) marked "not same run".
 
 `--reference-dir` holds checkouts of junyanz/pytorch-CycleGAN-and-pix2pix and
 taesungp/contrastive-unpaired-translation (directory names may carry an `owner+`
@@ -200,11 +201,13 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
         }
     if with_ref:
         result["ratio"] = result["ours"]["median_s"] / result["ref"]["median_s"]
+        result["ratio_min"] = result["ours"]["min_s"] / result["ref"]["min_s"]
         result["same_run"] = True
     else:
         documented = CONFIGS[config]["documented"]
         result["ref"] = {"median_s": documented, "documented": True}
         result["ratio"] = result["ours"]["median_s"] / documented if args.device == "cpu" else None
+        result["ratio_min"] = None
         result["same_run"] = False
     return result
 
@@ -222,17 +225,23 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"torch threads {results[0]['ours']['threads'] if results else '?'}; highest 1-minute load average "
         f"during the measurements {load:.1f}.",
         "",
-        "| config | ours s/iter | reference s/iter | ours / reference "
-        "| ours peak RSS MiB | reference peak RSS MiB |",
-        "|---|---|---|---|---|---|",
+        "| config | ours s/iter median (min) | reference s/iter median (min) | ours / reference: medians "
+        "| ours / reference: minima | ours peak RSS MiB | reference peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ref = r["ref"]
-        ref_s = f"{ref['median_s']:.2f}" + ("" if r["same_run"] else " (documented, not same run)")
+        ours = r["ours"]
+        if r["same_run"]:
+            ref_s = f"{ref['median_s']:.2f} ({ref['min_s']:.2f})"
+        else:
+            ref_s = f"{ref['median_s']:.2f} (documented, not same run)"
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        ratio_min = "n/a" if r["ratio_min"] is None else f"{r['ratio_min']:.2f}"
         lines.append(
-            f"| {r['config']} | {r['ours']['median_s']:.2f} | {ref_s} | {ratio} | "
-            f"{r['ours']['peak_rss_mib']:.0f} | {ref.get('peak_rss_mib', float('nan')):.0f} |"
+            f"| {r['config']} | {ours['median_s']:.2f} ({ours['min_s']:.2f}) | {ref_s} | {ratio} "
+            f"| {ratio_min} | "
+            f"{ours['peak_rss_mib']:.0f} | {ref.get('peak_rss_mib', float('nan')):.0f} |"
         )
     lines += ["", "Parameters (ours; reference):", ""]
     for r in results:
