@@ -7,10 +7,11 @@ Every measurement runs in a fresh worker process (one model, `--warmup` untimed 
 `--iters` timed iterations on synthetic random 256-pixel tiles, batch 1) so peak
 memory is per model: the process's peak resident set size (ru_maxrss), which includes
 Python and torch themselves (about 0.3 GB). Ours and the reference's workers
-alternate for `--rounds` rounds, so both see the same machine load; the ratio is
-ours / reference of the median iteration times. Without `--reference-dir` the
-reference columns show the times documented in docs (measured on this machine type)
-marked "not same run".
+alternate for `--rounds` rounds, so both see the same machine load; the ratios are
+ours / reference of the median and of the minimum iteration times (the minimum is the
+least disturbed by other processes on a shared machine). Without `--reference-dir`
+the reference columns show the times documented in docs (measured on this machine
+type) marked "not same run".
 
 `--reference-dir` holds checkouts of junyanz/pytorch-CycleGAN-and-pix2pix and
 taesungp/contrastive-unpaired-translation (directory names may carry an `owner+`
@@ -70,6 +71,8 @@ def _time_steps(step: Any, warmup: int, iters: int, sync: Any) -> list[float]:
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if args.worker == "ref":
@@ -97,9 +100,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         what = f"ours {spec['model']} {spec['options'] or ''}".strip()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    load_before = os.getloadavg()[0]
     times = _time_steps(step, args.warmup, args.iters, sync)
     out: dict[str, Any] = {
         "times": times,
+        "load": [load_before, os.getloadavg()[0]],
         "params": counts,
         "what": what,
         "peak_rss_mib": _peak_rss_mib(),
@@ -137,8 +142,12 @@ def _spawn(worker: str, config: str, args: argparse.Namespace, precision: str = 
     ]
     if args.reference_dir:
         cmd += ["--reference-dir", str(args.reference_dir)]
+    env = os.environ.copy()
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], env=os.environ.copy()
+        cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], env=env
     )
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -164,13 +173,10 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
             if side == "ref" and not with_ref:
                 continue
             runs[side].append(_spawn(side, config, args))
-            print(
-                f"  {config}: round {r + 1} {side}: "
-                + " ".join(f"{t:.2f}" for t in runs[side][-1]["times"])
-                + " s",
-                file=sys.stderr,
-                flush=True,
-            )
+            last = runs[side][-1]
+            times = " ".join(f"{t:.2f}" for t in last["times"])
+            load = f"load average {last['load'][0]:.1f} -> {last['load'][1]:.1f}"
+            print(f"  {config}: round {r + 1} {side}: {times} s ({load})", file=sys.stderr, flush=True)
         if args.device == "cuda":
             runs["ours_bf16"].append(_spawn("ours", config, args, precision="bf16"))
     result: dict[str, Any] = {"config": config}
@@ -186,6 +192,7 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
             "params": items[0]["params"],
             "what": items[0]["what"],
             "threads": items[0]["threads"],
+            "load_max": max(max(i["load"]) for i in items),
             **(
                 {"peak_gpu_mib": max(i["peak_gpu_mib"] for i in items), "gpu": items[0]["gpu"]}
                 if args.device == "cuda"
@@ -194,11 +201,13 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
         }
     if with_ref:
         result["ratio"] = result["ours"]["median_s"] / result["ref"]["median_s"]
+        result["ratio_min"] = result["ours"]["min_s"] / result["ref"]["min_s"]
         result["same_run"] = True
     else:
         documented = CONFIGS[config]["documented"]
         result["ref"] = {"median_s": documented, "documented": True}
         result["ratio"] = result["ours"]["median_s"] / documented if args.device == "cpu" else None
+        result["ratio_min"] = None
         result["same_run"] = False
     return result
 
@@ -208,22 +217,31 @@ def _fmt_params(counts: dict[str, int]) -> str:
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    load = max((r[s]["load_max"] for r in results for s in ("ours", "ref") if "load_max" in r[s]), default=0)
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"Python {platform.python_version()}; device {args.device}; {args.size} px, batch {args.batch_size}; "
-        f"{args.rounds} rounds x {args.iters} timed iterations after {args.warmup} warm-up, median.",
+        f"{args.rounds} rounds x {args.iters} timed iterations after {args.warmup} warm-up, median; "
+        f"torch threads {results[0]['ours']['threads'] if results else '?'}; highest 1-minute load average "
+        f"during the measurements {load:.1f}.",
         "",
-        "| config | ours s/iter | reference s/iter | ours / reference "
-        "| ours peak RSS MiB | reference peak RSS MiB |",
-        "|---|---|---|---|---|---|",
+        "| config | ours s/iter median (min) | reference s/iter median (min) | ours / reference: medians "
+        "| ours / reference: minima | ours peak RSS MiB | reference peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ref = r["ref"]
-        ref_s = f"{ref['median_s']:.2f}" + ("" if r["same_run"] else " (documented, not same run)")
+        ours = r["ours"]
+        if r["same_run"]:
+            ref_s = f"{ref['median_s']:.2f} ({ref['min_s']:.2f})"
+        else:
+            ref_s = f"{ref['median_s']:.2f} (documented, not same run)"
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        ratio_min = "n/a" if r["ratio_min"] is None else f"{r['ratio_min']:.2f}"
         lines.append(
-            f"| {r['config']} | {r['ours']['median_s']:.2f} | {ref_s} | {ratio} | "
-            f"{r['ours']['peak_rss_mib']:.0f} | {ref.get('peak_rss_mib', float('nan')):.0f} |"
+            f"| {r['config']} | {ours['median_s']:.2f} ({ours['min_s']:.2f}) | {ref_s} | {ratio} "
+            f"| {ratio_min} | "
+            f"{ours['peak_rss_mib']:.0f} | {ref.get('peak_rss_mib', float('nan')):.0f} |"
         )
     lines += ["", "Parameters (ours; reference):", ""]
     for r in results:
@@ -269,6 +287,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=3, help="timed iterations per worker (default 3)")
     p.add_argument("--rounds", type=int, default=2, help="alternating ours/reference rounds (default 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device (default cpu)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch/OpenMP threads per worker (default: one per core)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     # internal: one measurement in this process
     p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)

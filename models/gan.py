@@ -12,6 +12,9 @@ Speed without changing the maths (see docs/benchmarks/train_speed.md):
 - Parameters of networks that a step does not update have requires_grad off while
   their forward passes run, so no weight gradients are computed for them.
 - Losses become Python floats once per step (one device sync).
+- (In the networks) ResNet blocks' 256-channel 3x3 convolutions use Winograd's
+  F(2x2, 3x3) on the CPU (models/networks/winograd.py); CUT's NCE keys reuse the
+  generator's forward pass (models/variants/cut.py).
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from models.networks.layers import BlurDownsample, BlurUpsample, NormKind, conv_bias, norm_layer
+from models.networks.winograd import Conv3x3
 
 
 class ResnetBlock(nn.Module):
-    """x + (pad, conv3x3, norm, relu, [dropout], pad, conv3x3, norm)(x)."""
+    """x + (pad, conv3x3, norm, relu, [dropout], pad, conv3x3, norm)(x). The 3x3
+    convolutions use Winograd's algorithm where that is faster (models.networks.winograd)."""
 
     def __init__(self, dim: int, norm: NormKind, dropout: bool, padding: str = "reflect") -> None:
         super().__init__()
@@ -26,13 +28,13 @@ class ResnetBlock(nn.Module):
         )
         layers: list[nn.Module] = [
             pad(1),
-            nn.Conv2d(dim, dim, 3, bias=bias),
+            Conv3x3(dim, dim, bias=bias),
             norm_layer(norm, dim),
             nn.ReLU(True),
         ]
         if dropout:
             layers.append(nn.Dropout(0.5))
-        layers += [pad(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim)]
+        layers += [pad(1), Conv3x3(dim, dim, bias=bias), norm_layer(norm, dim)]
         self.conv_block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
