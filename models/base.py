@@ -17,7 +17,7 @@ model through `models.colour`, so the trainer never needs to know about them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -56,6 +56,30 @@ class ModelOptions(BaseModel):
     beta2: float = Field(default=0.999, ge=0, lt=1)
 
 
+class Optimizers(Mapping[str, torch.optim.Optimizer]):
+    """Named optimizers, each built on first use: inference (evaluate, colourise) never
+    builds one, which also spares it torch's optimizer start-up (~2 s on a CPU)."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, Callable[[], torch.optim.Optimizer]] = {}
+        self._built: dict[str, torch.optim.Optimizer] = {}
+
+    def add(self, name: str, factory: Callable[[], torch.optim.Optimizer]) -> None:
+        self._factories[name] = factory
+        self._built.pop(name, None)
+
+    def __getitem__(self, name: str) -> torch.optim.Optimizer:
+        if name not in self._built:
+            self._built[name] = self._factories[name]()
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
 class GANModel(ABC):
     """A trainable GAN colouriser. Owns its networks and optimizers."""
 
@@ -67,7 +91,7 @@ class GANModel(ABC):
         self.opts = opts
         self.device = device
         self.nets: dict[str, nn.Module] = {}
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers = Optimizers()
         # Set by the trainer under torch.distributed: averages gradients across
         # processes before each optimizer step (GANs step several optimizers per
         # iteration, which DistributedDataParallel handles poorly).

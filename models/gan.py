@@ -89,15 +89,15 @@ class ColourGAN(GANModel):
 
     def add_optimizer(
         self, name: str, nets: Iterable[nn.Module], role: str | None = None, beta2: float | None = None
-    ) -> torch.optim.Optimizer:
+    ) -> None:
+        """Declare optimizer `name` over `nets` (built on first use, see `Optimizers`)."""
         params = [p for net in nets for p in net.parameters()]
         betas = (self.opts.beta1, self.opts.beta2 if beta2 is None else beta2)
+        lr = self.lr_for(role or name)
         fused = all(
             p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params
         )
-        opt = torch.optim.Adam(params, lr=self.lr_for(role or name), betas=betas, fused=fused or None)
-        self.optimizers[name] = opt
-        return opt
+        self.optimizers.add(name, lambda: torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None))
 
     # ------------------------------------------------------------------ per step
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

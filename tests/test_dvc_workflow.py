@@ -1,0 +1,164 @@
+"""The experiment workflow users rely on, checked with DVC itself in a temporary clone.
+
+The clone gets this checkout's dvc.yaml and params.yaml; every stage output is a small
+placeholder recorded with `dvc commit -f`, so the pipeline starts up to date without
+training anything. Then params.yaml is edited as a user would and `dvc status` says
+which stages changed; the stages `dvc repro` would run are those plus everything
+downstream of them in DVC's own graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = [sys.executable, "-m", "dvc"]
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def stage_graph(repo_dir: Path) -> tuple[nx.DiGraph, list[object]]:
+    from dvc.repo import Repo
+
+    # stage names (`addressing`) are relative to the working directory, as in `dvc status`
+    with contextlib.chdir(repo_dir), Repo(".") as repo:
+        stages = list(repo.index.stages)
+        graph = nx.DiGraph()
+        for stage in repo.index.graph.nodes:
+            graph.add_node(stage.addressing)
+        for a, b in repo.index.graph.edges:  # a depends on b
+            graph.add_edge(a.addressing, b.addressing)
+        return graph, stages
+
+
+def would_run(repo_dir: Path) -> set[str]:
+    """Stages `dvc repro` would run: changed ones and everything downstream of them."""
+    changed = set(json.loads(run([*DVC, "status", "--json"], repo_dir)))
+    graph, _ = stage_graph(repo_dir)
+    unknown = changed - set(graph)
+    assert not unknown, f"dvc status names stages missing from the graph: {unknown}"
+    downstream = set().union(*(nx.ancestors(graph, s) for s in changed))
+    return changed | downstream
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone whose pipeline is fully up to date (placeholder outputs, committed lock)."""
+    repo = tmp_path_factory.mktemp("workflow") / "repo"
+    run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(repo)], ROOT)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    _, stages = stage_graph(repo)
+    for stage in stages:
+        for item in [*stage.deps, *stage.outs]:  # type: ignore[attr-defined]
+            if type(item).__name__ == "ParamsDependency":
+                continue
+            path = Path(item.fs_path)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"placeholder for {item.def_path}\n")
+    run([*DVC, "commit", "-f", "-q"], repo)
+    assert json.loads(run([*DVC, "status", "--json"], repo)) == {}
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "up to date"], repo)
+    return repo
+
+
+@pytest.fixture
+def repo(clone: Path) -> Path:
+    yield clone
+    run(["git", "checkout", "-q", "--", "params.yaml"], clone)
+
+
+def edit_params(repo: Path, pattern: str, replacement: str) -> None:
+    path = repo / "params.yaml"
+    text, n = re.subn(pattern, replacement, path.read_text(), count=1, flags=re.M)
+    assert n == 1, pattern
+    path.write_text(text)
+
+
+def ablations(repo: Path) -> list[str]:
+    import yaml
+
+    return list(yaml.safe_load((repo / "params.yaml").read_text())["ablations"])
+
+
+def colourise_ablation(repo: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((repo / "params.yaml").read_text())["colourise"]["ablation"]
+
+
+def test_nothing_runs_when_nothing_changed(repo: Path) -> None:
+    assert would_run(repo) == set()
+
+
+def test_adding_an_ablation_runs_only_its_stages_and_the_report(repo: Path) -> None:
+    new = "  p2p_unet_small_gray: {model: pix2pix, dataset: gray, ngf: 32}\n"
+    edit_params(repo, r"^ablations:\n", "ablations:\n" + new)
+    assert would_run(repo) == {"train@p2p_unet_small_gray", "evaluate@p2p_unet_small_gray", "report"}
+
+
+def test_changing_one_ablation_reruns_only_it(repo: Path) -> None:
+    name = next(a for a in ablations(repo) if a != colourise_ablation(repo))
+    edit_params(repo, rf"^(  {name}: {{.*)}}$", r"\1, lambda_L1: 50}")
+    assert would_run(repo) == {f"train@{name}", f"evaluate@{name}", "report"}
+
+
+def test_changing_the_colourising_ablation_also_recolourises(repo: Path) -> None:
+    name = colourise_ablation(repo)
+    edit_params(repo, rf"^(  {name}: {{.*)}}$", r"\1, lambda_L1: 50}")
+    assert would_run(repo) == {f"train@{name}", f"evaluate@{name}", "report", "colourise"}
+
+
+def test_changing_shared_training_defaults_reruns_every_ablation(repo: Path) -> None:
+    edit_params(repo, r"^  defaults: {}", "  defaults: {lr: 0.0001}")
+    expected = {f"{kind}@{a}" for a in ablations(repo) for kind in ("train", "evaluate")}
+    assert would_run(repo) == expected | {"report", "colourise"}
+
+
+def test_removing_an_ablation_reruns_only_the_report(repo: Path) -> None:
+    name = next(a for a in ablations(repo) if a != colourise_ablation(repo))
+    edit_params(repo, rf"^  {name}: {{.*}}\n", "")
+    assert would_run(repo) == {"report"}
+
+
+def test_metrics_diff_between_two_commits_shows_per_ablation_changes(repo: Path) -> None:
+    names = ablations(repo)[:2]
+
+    def write(values: dict[str, float]) -> None:
+        for name, fid in zip(names, values.values(), strict=True):
+            record = {"kind": "model", "name": name, "n": 108,
+                      "metrics": {"fd_efficientnet_lite0": fid, "delta_e_mean": 12.5}}
+            (repo / "metrics" / f"{name}.json").write_text(json.dumps(record))
+
+    write({names[0]: 80.0, names[1]: 90.0})
+    run(["git", "commit", "-qam", "first run"], repo)
+    write({names[0]: 70.0, names[1]: 90.0})
+    run(["git", "commit", "-qam", "second run"], repo)
+    try:
+        diff = json.loads(run([*DVC, "metrics", "diff", "HEAD~1", "HEAD", "--json"], repo))
+        changed = diff[f"metrics/{names[0]}.json"]["metrics.fd_efficientnet_lite0"]
+        assert changed == {"old": 80.0, "new": 70.0, "diff": -10.0}
+        assert f"metrics/{names[1]}.json" not in diff  # unchanged files are left out
+        table = run([*DVC, "metrics", "diff", "HEAD~1", "HEAD"], repo)
+        assert f"metrics/{names[0]}.json" in table and "-10" in table
+    finally:
+        run(["git", "reset", "-q", "--hard", "HEAD~2"], repo)
