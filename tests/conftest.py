@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,26 @@ def _run_from_root(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE
+
+
+@pytest.fixture()
+def quiet_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One torch thread (tiny convolutions on a busy 2-core machine thrash with two) and a
+    working directory outside the repository (DVCLive then skips opening the DVC repo)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def datasets(tmp_path: Path) -> Path:
+    """A datasets folder holding the tiny paired dataset `tiny` (tests/tiny_gan.py)."""
+    from tests.tiny_gan import write_tiny_dataset
+
+    root = tmp_path / "datasets"
+    write_tiny_dataset(root / "tiny")
+    return root

@@ -27,25 +27,13 @@ from pipeline.checkpoint import (
 from pipeline.dataset_format import write_split
 from pipeline.training import plan_run, train
 from tests.test_training import assert_same_tree, trained_state
-from tests.tiny_gan import TinyP2P, tiny_pairs, tiny_params, write_params, write_tiny_dataset
+from tests.tiny_gan import TinyP2P, tiny_pairs, tiny_params, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.chdir(tmp_path)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("quiet_cpu")
 
-
-@pytest.fixture()
-def datasets(tmp_path: Path) -> Path:
-    root = tmp_path / "datasets"
-    write_tiny_dataset(root / "tiny")
-    return root
 
 
 @pytest.fixture()

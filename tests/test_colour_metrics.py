@@ -35,6 +35,33 @@ def test_ciede2000_sharma_test_data(lab1, lab2, expected) -> None:
     assert float(delta_e2000_lab(np.array(lab1), np.array(lab2))) == pytest.approx(expected, abs=5e-5)
 
 
+def test_ciede2000_agrees_with_skimage_on_random_and_edge_cases() -> None:
+    from skimage.color import deltaE_ciede2000
+
+    rng = np.random.default_rng(3)
+    n = 20000
+    lab1 = np.stack([rng.uniform(0, 100, n), rng.uniform(-110, 110, n), rng.uniform(-110, 110, n)], -1)
+    lab2 = lab1 + rng.normal(0, 15, lab1.shape)
+    lab1[:100, 1:] = 0  # zero chroma on one side
+    lab2[50:150, 1:] = 0  # and on both
+    lab2[200:300, 1] = -lab1[200:300, 1]  # hues across the a* = 0 wrap-around
+    lab2[200:300, 2] = lab1[200:300, 2] * 1e-3
+    ours = delta_e2000_lab(lab1, lab2)
+    np.testing.assert_allclose(ours, deltaE_ciede2000(lab1, lab2), rtol=1e-9, atol=1e-9)
+
+
+def test_delta_e2000_of_images_agrees_with_the_skimage_route() -> None:
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    rng = np.random.default_rng(4)
+    out = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    tgt = np.clip(out.astype(int) + rng.integers(-40, 41, out.shape), 0, 255).astype(np.uint8)
+    reference = deltaE_ciede2000(rgb2lab(out / 255.0), rgb2lab(tgt / 255.0))
+    mean, median = delta_e2000(out, tgt, chunk=2)
+    assert mean == pytest.approx(float(reference.mean()), rel=1e-4)
+    assert median == pytest.approx(float(np.median(reference)), rel=1e-4)
+
+
 def test_identical_images() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)

@@ -24,13 +24,7 @@ LINEAR = {"tiny": {"model": "tiny_p2p", "dataset": "tiny", "norm": "none", "drop
                    "optimizer": "sgd", "lr": 0.05}}
 
 
-@pytest.fixture(autouse=True)
-def _quiet_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.chdir(tmp_path)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("quiet_cpu")
 
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:

@@ -19,23 +19,8 @@ from pipeline.dataset_format import open_split
 from pipeline.training import ConstantThenLinear, plan_run, summary_line, train, validate
 from tests.tiny_gan import TinyOptions, TinyP2P, tiny_params, write_tiny_dataset
 
+pytestmark = pytest.mark.usefixtures("quiet_cpu")
 
-@pytest.fixture(autouse=True)
-def _quiet_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """One thread (tiny convs on a busy 2-core machine thrash with two) and a cwd outside
-    the repository (DVCLive then skips opening the DVC repo)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.chdir(tmp_path)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture()
-def datasets(tmp_path: Path) -> Path:
-    root = tmp_path / "datasets"
-    write_tiny_dataset(root / "tiny")
-    return root
 
 
 def _plan(datasets: Path, out: Path, **kwargs: Any) -> training.RunPlan:
