@@ -17,7 +17,7 @@ help:
 	@echo "make repro   - set up .venv and run 'dvc repro' on the bundled offline sample"
 	@echo "make test    - set up .venv and run the fast test suite (pytest)"
 	@echo "make lint    - ruff"
-	@echo "make bench   - run the benchmarks under bench/ (slow)"
+	@echo "make bench   - run the benchmarks under bench/ (slow; REF_DIR=checkouts of the reference repos)"
 
 venv: $(STAMP)
 
@@ -41,7 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.server_tiles
 	$(BIN)/python -m bench.harvest
 	$(BIN)/python -m bench.dataset
-	$(BIN)/python -m bench.train_speed
+	$(BIN)/python -m bench.train_loop
+	$(BIN)/python -m bench.train_speed $(if $(REF_DIR),--reference-dir $(REF_DIR))
 	$(BIN)/python -m bench.eval_speed
 
 # Re-pin requirements.txt from requirements.in in a scratch venv.
