@@ -20,8 +20,6 @@ import os
 import platform
 import shlex
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import scipy
 import torch
 from scipy import linalg
 
+from bench.timing import timed
 from eval.extractors import EfficientNetLite0Extractor, FeatureExtractor, InceptionV3Extractor
 from eval.frechet import feature_statistics, frechet_distance
 from eval.weights import find_inception_weights
@@ -43,15 +42,6 @@ def sqrtm_frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarr
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean).real)
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 # --------------------------------------------------------------------------- extraction

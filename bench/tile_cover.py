@@ -12,14 +12,13 @@ import argparse
 import datetime
 import os
 import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import mercantile
 import numpy as np
 import shapely
 
+from bench.timing import timed
 from pipeline.aoi import read_aoi
 from pipeline.tiles import TileId, tile_bounds_3857, tile_cover, tile_cover_count
 
@@ -33,15 +32,6 @@ def brute_force(geometry: shapely.Geometry, zoom: int) -> tuple[list[TileId], in
     boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
     areas = shapely.area(shapely.intersection(geometry, boxes))
     return sorted(t for t, a in zip(candidates, areas, strict=True) if a > 0), len(candidates)
-
-
-def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import pytest
@@ -94,16 +95,18 @@ def edit_params(repo: Path, pattern: str, replacement: str) -> None:
     path.write_text(text)
 
 
-def ablations(repo: Path) -> list[str]:
+def params(repo: Path) -> dict[str, Any]:
     import yaml
 
-    return list(yaml.safe_load((repo / "params.yaml").read_text())["ablations"])
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
+def ablations(repo: Path) -> list[str]:
+    return list(params(repo)["ablations"])
 
 
 def colourise_ablation(repo: Path) -> str:
-    import yaml
-
-    return yaml.safe_load((repo / "params.yaml").read_text())["colourise"]["ablation"]
+    return params(repo)["colourise"]["ablation"]
 
 
 def test_nothing_runs_when_nothing_changed(repo: Path) -> None:

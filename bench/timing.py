@@ -1,0 +1,20 @@
+"""Timing helper shared by the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T], repeat: int = 3) -> tuple[float, T]:
+    """(best wall-clock seconds over `repeat` calls, the last call's result): the best run is
+    the least disturbed by other processes on a shared machine."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
