@@ -13,7 +13,7 @@ Stores (cached under --out; --regenerate rebuilds them):
 
 Measured in one run: building the `gray` dataset (with and without the pix2pix/unpaired
 PNG layouts) and the `historic` dataset (registration + resampled shift per pair); then
-samples/s of pipeline.pair_batches.PairBatches on the memory-mapped train.npy at crop 256
+samples/s of pipeline.datasets.batches.PairBatches on the memory-mapped train.npy at crop 256
 and 128 (load 256, batch 1) against a baseline that decodes the aligned A|B PNGs with PIL
 at every step (the reference pix2pix loader's approach), with the same crops and flips.
 """
@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.align import build_dataset
-from pipeline.config import parse_params
-from pipeline.dataset_format import open_split
-from pipeline.pair_batches import PairBatches
-from pipeline.pairing import luma
-from pipeline.tilestore import TileRecord, TileStatus, TileStore
+from pipeline.core.config import parse_params
+from pipeline.datasets.batches import PairBatches
+from pipeline.datasets.pairing import luma
+from pipeline.datasets.storage import open_split
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
+from pipeline.stages.align import build_dataset
 from tests.imagery import cut_tiles, make_store, png_bytes, render_mosaic
 
 ZOOM = 20

@@ -5,7 +5,7 @@ per tile (FaultPlan.latency_s), standing in for a remote server. Its render cach
 first, so the numbers measure the client. Then, over the same N distinct tiles:
 
   naive      requests.get per tile, PIL decode, one PNG file per tile (sequential)
-  harvester  pipeline.harvester at concurrency 4 and 16, rate cap lifted; and the default
+  harvester  pipeline.geo.harvester at concurrency 4 and 16, rate cap lifted; and the default
              (concurrency 4, requests_per_second from params.yaml) on a subset, for transparency
   cached     re-harvest of the same AOI into a fresh store, entirely from the tile cache
 
@@ -30,15 +30,15 @@ from pathlib import Path
 
 import requests
 
-from pipeline.config import HarvestConfig, load_params
-from pipeline.harvester import harvest_to_store
-from pipeline.tiles import TileId
-from pipeline.wmts_client import WmtsSource, read_capabilities, resolve_source
+from pipeline.core.config import HarvestConfig, load_params
+from pipeline.geo.harvester import harvest_to_store
+from pipeline.geo.tiles import TileId
+from pipeline.geo.wmts_client import WmtsSource, read_capabilities, resolve_source
 
 
 # --------------------------------------------------------------------------- server process
 def _serve(conn, latency_s: float) -> None:  # runs in the child process
-    from pipeline.wmts_server import FaultPlan, serve_sample
+    from pipeline.server.wmts import FaultPlan, serve_sample
 
     params = load_params()
     with serve_sample(params.sample, FaultPlan(latency_s=latency_s)) as server:
@@ -74,7 +74,7 @@ def pick_tiles(source: WmtsSource, zoom: int, n: int) -> list[TileId]:
     from pyproj import Transformer
     from shapely.geometry import box
 
-    from pipeline.tiles import tile_cover
+    from pipeline.geo.tiles import tile_cover
 
     w, s, e, n_ = source.layer.bounds_wgs84 or (0, 0, 0, 0)
     to_3857 = Transformer.from_crs(4326, 3857, always_xy=True)
@@ -178,7 +178,7 @@ def write_markdown(path: Path, *, command: str, results: dict[str, Result], naiv
         "the CPUs; the ratios compare runs made back to back in the same process)",
         f"- Command: `{command}`",
         f"- Workload: {args.tiles} distinct tiles of `{layer}` at z{zoom} (PNG, 256x256) from the project's "
-        f"WMTS server (pipeline.wmts_server) on 127.0.0.1 in a separate process, with "
+        f"WMTS server (pipeline.server.wmts) on 127.0.0.1 in a separate process, with "
         f"{args.latency * 1000:.0f} ms added latency per tile (FaultPlan.latency_s). The server's render "
         "cache was warmed with one full pass first, so the numbers measure the client. Every harvester "
         "run starts with an empty store and an empty cache (except the cached re-harvest).",

@@ -27,9 +27,9 @@ from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.warp import reproject
 
-from pipeline.config import load_params
-from pipeline.tiles import TileId, tile_bounds_3857
-from pipeline.wmts_server import WmtsServer, encode_tile, sample_layers
+from pipeline.core.config import load_params
+from pipeline.geo.tiles import TileId, tile_bounds_3857
+from pipeline.server.wmts import WmtsServer, encode_tile, sample_layers
 
 
 def layer_tiles(server: WmtsServer, layer_id: str, z: int) -> list[TileId]:

@@ -19,8 +19,8 @@ import numpy as np
 import shapely
 
 from bench.timing import timed
-from pipeline.aoi import read_aoi
-from pipeline.tiles import TileId, tile_bounds_3857, tile_cover, tile_cover_count
+from pipeline.geo.aoi import read_aoi
+from pipeline.geo.tiles import TileId, tile_bounds_3857, tile_cover, tile_cover_count
 
 
 def brute_force(geometry: shapely.Geometry, zoom: int) -> tuple[list[TileId], int]:

@@ -10,7 +10,7 @@ resampled from 0.30 m to ~0.46 m per pixel; not reprojected onto map tiles, whic
 matter for speed). Every number comes from the same process; the three step timings alternate
 in rounds:
 - `model only`: a bare loop over the same batches calling `model.train_step`;
-- `trainer, deterministic` / `trainer, not deterministic`: `pipeline.training.train`
+- `trainer, deterministic` / `trainer, not deterministic`: `pipeline.training.loop.train`
   (schedulers, logging, progress bar; validation and checkpoints excluded, timed apart);
 - one validation pass over the val split and one checkpoint save.
 """
@@ -32,12 +32,12 @@ import rasterio
 import torch
 from rasterio.enums import Resampling
 
-from pipeline.config import load_params
-from pipeline.dataset_format import DatasetInfo, open_split, write_info, write_split
-from pipeline.devices import seed_everything
-from pipeline.pair_batches import PairBatches
-from pipeline.paths import DATASETS_DIR
-from pipeline.training import plan_run, train, validate
+from pipeline.core.config import load_params
+from pipeline.core.paths import DATASETS_DIR
+from pipeline.datasets.batches import PairBatches
+from pipeline.datasets.storage import DatasetInfo, open_split, write_info, write_split
+from pipeline.training.devices import seed_everything
+from pipeline.training.loop import plan_run, train, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "erie_2021"

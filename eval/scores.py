@@ -33,8 +33,8 @@ from eval.extractors import Extraction, FeatureExtractor, default_extractors
 from eval.frechet import feature_statistics, frechet_distance
 from eval.inception_score import inception_score
 from eval.kid import kernel_inception_distance
-from pipeline.config import EvaluateConfig
-from pipeline.errors import LuminescenceError
+from pipeline.core.config import EvaluateConfig
+from pipeline.core.errors import LuminescenceError
 
 log = logging.getLogger(__name__)
 

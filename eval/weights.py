@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import LuminescenceError
+from pipeline.core.errors import LuminescenceError
 
 log = logging.getLogger(__name__)
 

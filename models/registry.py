@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from models.base import GANModel, ModelOptions
-from pipeline.config import ConfigError, TrainPreset, _unknown_name, format_validation_error
+from pipeline.core.config import ConfigError, TrainPreset, _unknown_name, format_validation_error
 
 M = TypeVar("M", bound=type[GANModel])
 

@@ -20,8 +20,8 @@ from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.warp import reproject
 
-from pipeline.tiles import TILE_SIZE, TileId, tile_bounds_3857
-from pipeline.tilestore import TileRecord, TileStatus, TileStore
+from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"

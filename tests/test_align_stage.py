@@ -11,14 +11,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import align
-from pipeline.config import SplitConfig, parse_params
-from pipeline.dataset_format import SPLITS, open_split, read_info
-from pipeline.pairing import luma
-from pipeline.registration import estimate_offset
-from pipeline.splits import GUARD, SplitPlan
-from pipeline.tiles import TileId
-from pipeline.tilestore import TileRecord, TileStatus
+from pipeline.core.config import SplitConfig, parse_params
+from pipeline.datasets import build
+from pipeline.datasets.pairing import luma
+from pipeline.datasets.splits import GUARD, SplitPlan
+from pipeline.datasets.storage import SPLITS, open_split, read_info
+from pipeline.geo.registration import estimate_offset
+from pipeline.geo.tiles import TileId
+from pipeline.geo.tilestore import TileRecord, TileStatus
+from pipeline.stages import align
 from tests.imagery import ERIE_Z18, cut_tiles, make_store, params_for, png_bytes, render_mosaic, to_records
 
 N = 4
@@ -60,14 +61,14 @@ def historic_dataset(tiles_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("datasets")
     splits = {"block_size": 2, "guard_band": 0, "seed": _seed_with_every_split(2)}
     params = parse_params(_params(splits=splits, contact_sheet_pairs=2))
-    summary = align.build_dataset("historic", params, tiles_dir=tiles_dir, out_dir=out, progress=False)
+    summary = build.build_dataset("historic", params, tiles_dir=tiles_dir, out_dir=out, progress=False)
     return out / "historic", summary
 
 
 def test_end_to_end_writes_every_output(historic_dataset: tuple[Path, dict]) -> None:
     root, summary = historic_dataset
     rows = list(csv.DictReader((root / "manifest.csv").open()))
-    assert rows and list(rows[0]) == align.MANIFEST_COLUMNS
+    assert rows and list(rows[0]) == build.MANIFEST_COLUMNS
     total = 0
     for split in SPLITS:
         arr = open_split(root, split)
@@ -120,7 +121,7 @@ def test_offsets_are_estimated_applied_and_recorded(historic_dataset: tuple[Path
 def test_gray_dataset_is_the_targets_luma_and_honours_the_guard_band(tiles_dir: Path, tmp_path: Path) -> None:
     splits = {"block_size": 3, "guard_band": 1, "seed": 0}
     params = parse_params(_params(splits=splits, export_layouts=False))
-    summary = align.build_dataset("gray", params, tiles_dir=tiles_dir, out_dir=tmp_path, progress=False)
+    summary = build.build_dataset("gray", params, tiles_dir=tiles_dir, out_dir=tmp_path, progress=False)
     plan = SplitPlan(SplitConfig(**splits))
     tiles = [TileId(18, X0 + i, Y0 + j) for i in range(N) for j in range(N)]
     guard = sum(plan.assign(t) == GUARD for t in tiles)
@@ -138,15 +139,15 @@ def test_gray_dataset_is_the_targets_luma_and_honours_the_guard_band(tiles_dir: 
 def test_a_failed_run_keeps_the_previous_dataset(tiles_dir: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     params = parse_params(_params(export_layouts=True, splits={"guard_band": 0}))
-    align.build_dataset("gray", params, tiles_dir=tiles_dir, out_dir=tmp_path, progress=False)
+    build.build_dataset("gray", params, tiles_dir=tiles_dir, out_dir=tmp_path, progress=False)
     before = (tmp_path / "gray" / "dataset.json").read_bytes()
 
     def boom(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(align, "write_layouts", boom)
+    monkeypatch.setattr(build, "write_layouts", boom)
     with pytest.raises(OSError):
-        align.build_dataset("gray", params, tiles_dir=tiles_dir, out_dir=tmp_path, progress=False)
+        build.build_dataset("gray", params, tiles_dir=tiles_dir, out_dir=tmp_path, progress=False)
     assert (tmp_path / "gray" / "dataset.json").read_bytes() == before
     assert len(open_split(tmp_path / "gray", "train")) > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gray"]

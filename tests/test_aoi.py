@@ -15,10 +15,11 @@ import shapely
 from pyproj import CRS, Geod, Transformer
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
-from pipeline.aoi import Aoi, AoiError, load_aoi, main, read_aoi
-from pipeline.config import AoiConfig
-from pipeline.errors import LuminescenceError
-from pipeline.tiles import tile_cover_count
+from pipeline.core.config import AoiConfig
+from pipeline.core.errors import LuminescenceError
+from pipeline.geo.aoi import Aoi, AoiError, load_aoi, read_aoi
+from pipeline.geo.tiles import tile_cover_count
+from pipeline.stages.aoi import main
 
 GEOD = Geod(ellps="WGS84")
 FT_US = 1200 / 3937
@@ -210,7 +211,7 @@ def test_line_and_point_geometry(tmp_path: Path, geometry: shapely.Geometry, kin
 
 def test_invalid_geometry_is_repaired_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     bowtie = Polygon([(306000, 2770000), (306200, 2770200), (306200, 2770000), (306000, 2770200)])
-    with caplog.at_level(logging.WARNING, logger="pipeline.aoi"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.geo.aoi"):
         aoi = read_aoi(write(tmp_path, [bowtie], "EPSG:3826"))
     assert aoi.geometry_3857.is_valid
     assert aoi.area_km2 * 1e6 == pytest.approx(2 * 100 * 200 / 2, rel=1e-3)  # two triangles

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpoint as ckpt_mod
-from pipeline.checkpoint import (
+from pipeline.datasets.storage import write_split
+from pipeline.training import checkpoint as ckpt_mod
+from pipeline.training.checkpoint import (
     CheckpointError,
     CheckpointMismatch,
     differences,
@@ -24,8 +25,7 @@ from pipeline.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from pipeline.dataset_format import write_split
-from pipeline.training import plan_run, train
+from pipeline.training.loop import plan_run, train
 from tests.test_training import assert_same_tree, trained_state
 from tests.tiny_gan import TinyP2P, tiny_pairs, tiny_params, write_params
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import load_params, parse_params
-from pipeline.errors import ConfigError
+from pipeline.core.config import load_params, parse_params
+from pipeline.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.checkpoint import read_checkpoint
-from pipeline.training import plan_run, train
+from pipeline.training.checkpoint import read_checkpoint
+from pipeline.training.loop import plan_run, train
 from tests.tiny_gan import tiny_params, write_params, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

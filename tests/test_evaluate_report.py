@@ -14,10 +14,10 @@ import rasterio
 import torch
 import yaml
 
-from pipeline.config import parse_params
-from pipeline.dataset_format import DatasetInfo, write_info, write_split
-from pipeline.pairing import luma
-from pipeline.tiles import TILE_SIZE, TileId, tile_bounds_3857
+from pipeline.core.config import parse_params
+from pipeline.datasets.pairing import luma
+from pipeline.datasets.storage import DatasetInfo, write_info, write_split
+from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857
 from tests.imagery import ERIE_Z18, cut_tiles, make_store, render_mosaic, to_records
 
 NX, NY = 3, 2  # six real z18 tiles of the erie village
@@ -85,7 +85,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(workdir: Path) -> Path:
     """Two real pix2pix ablations (RGB and Lab), trained 3 steps each."""
-    from pipeline.training import plan_run, train
+    from pipeline.training.loop import plan_run, train
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
@@ -98,7 +98,7 @@ def trained(workdir: Path) -> Path:
 
 
 def test_evaluate_writes_metrics_with_provenance(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
 
     monkeypatch.chdir(trained)
     monkeypatch.delenv("LUMINESCENCE_INCEPTION_WEIGHTS", raising=False)
@@ -122,7 +122,7 @@ def test_evaluate_writes_metrics_with_provenance(trained: Path, monkeypatch: pyt
 
 def test_baselines_floor_and_identical_layer(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The input-as-output floor has real colour error; a layer equal to the targets has none."""
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
 
     monkeypatch.chdir(trained)
     params = parse_params(_params(trained, {"p2p_rgb": {"model": "pix2pix", "dataset": "real"}},
@@ -138,8 +138,8 @@ def test_baselines_floor_and_identical_layer(trained: Path, monkeypatch: pytest.
 
 def test_report_tables_conclusions_and_no_lingering_ablations(trained: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.evaluate import evaluate
-    from pipeline.report import write_report
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.report import write_report
 
     monkeypatch.chdir(trained)
     both = {"p2p_rgb": {"model": "pix2pix", "dataset": "real"},
@@ -164,8 +164,9 @@ def test_report_tables_conclusions_and_no_lingering_ablations(trained: Path,
 
 def test_colourise_is_georeferenced_and_uses_neighbour_context(trained: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.colourise import GrayTiles, context_window, main
-    from pipeline.tilestore import TileStore
+    from pipeline.geo.tilestore import TileStore
+    from pipeline.inference.colourise import GrayTiles, context_window
+    from pipeline.stages.colourise import main
 
     monkeypatch.chdir(trained)
     _params(trained, {"p2p_rgb": {"model": "pix2pix", "dataset": "real"}})

@@ -23,8 +23,8 @@ from eval.extractors import (
 )
 from eval.inception_net import FIDInceptionV3, InceptionA, InceptionE
 from eval.scores import score_predictions, score_with_config
-from pipeline.config import EvaluateConfig
-from pipeline.errors import LuminescenceError
+from pipeline.core.config import EvaluateConfig
+from pipeline.core.errors import LuminescenceError
 
 CAT_CLASSES = {281, 282, 285}  # ImageNet: tabby, tiger cat, Egyptian cat
 ESPRESSO = 967

@@ -23,11 +23,11 @@ import pytest
 import yaml
 from shapely.geometry import LineString, box
 
-from pipeline.config import HarvestConfig, SampleConfig, load_params
-from pipeline.fetch import main, run, wmts_target
-from pipeline.tilecache import SourceKey, TileCache
-from pipeline.tilestore import TileStatus, TileStore, decode_tile
-from pipeline.wmts_server import FaultPlan, WmtsServer, serve_sample
+from pipeline.core.config import HarvestConfig, SampleConfig, load_params
+from pipeline.geo.tilecache import SourceKey, TileCache
+from pipeline.geo.tilestore import TileStatus, TileStore, decode_tile
+from pipeline.server.wmts import FaultPlan, WmtsServer, serve_sample
+from pipeline.stages.fetch import main, run, wmts_target
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = "erie_2021"
@@ -82,7 +82,7 @@ def store_content(path: Path) -> tuple[dict[object, object], dict[object, bytes]
 
 # --------------------------------------------------------------------------- faults
 def test_fault_injection_gives_identical_store(sample_cfg: SampleConfig, aoi: Path, tmp_path: Path) -> None:
-    from pipeline.aoi import read_aoi
+    from pipeline.geo.aoi import read_aoi
 
     region = read_aoi(aoi)
     clean_cfg = HarvestConfig(concurrency=4, requests_per_second=None, cache_dir=str(tmp_path / "c0"))
@@ -125,7 +125,7 @@ def test_sigkill_then_resume_fetches_only_missing(sample_cfg: SampleConfig, aoi:
     with wmts(sample_cfg, FaultPlan(latency_s=0.15)) as server:
         args = harvest_args(server, aoi, out, cache, "--concurrency", "2")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.fetch", *args], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.fetch", *args], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
@@ -291,8 +291,8 @@ def test_bad_input_details(sample_cfg: SampleConfig, aoi: Path, tmp_path: Path,
 def test_unreachable_server_subprocess(aoi: Path, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{_unused_port()}/wmts/1.0.0/WMTSCapabilities.xml"
     out = tmp_path / "u.mbtiles"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.fetch", "harvest", "--wmts", url, "--layer", LAYER,
-                           "--aoi", str(aoi), "--zoom", "18", "--out", str(out), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.fetch", "harvest", "--wmts", url,
+                           "--layer", LAYER, "--aoi", str(aoi), "--zoom", "18", "--out", str(out), "--quiet"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
@@ -345,10 +345,10 @@ def test_kvp_gettile_against_the_server_matches_rest(sample_cfg: SampleConfig, a
 
     import requests
 
-    from pipeline.aoi import read_aoi
-    from pipeline.harvester import harvest
-    from pipeline.tiles import tile_cover
-    from pipeline.wmts_client import parse_capabilities, resolve_source
+    from pipeline.geo.aoi import read_aoi
+    from pipeline.geo.harvester import harvest
+    from pipeline.geo.tiles import tile_cover
+    from pipeline.geo.wmts_client import parse_capabilities, resolve_source
 
     with wmts(sample_cfg) as server:
         data = requests.get(server.capabilities_url, timeout=10).content
@@ -367,7 +367,7 @@ def test_kvp_gettile_against_the_server_matches_rest(sample_cfg: SampleConfig, a
 
 
 def test_sample_cache_key_is_stable_and_follows_the_sample_config() -> None:
-    from pipeline.fetch import sample_service_key
+    from pipeline.stages.fetch import sample_service_key
 
     params = load_params(ROOT / "params.yaml")
     film = params.sample.film.model_copy(update={"seed": params.sample.film.seed + 1})

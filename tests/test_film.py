@@ -12,17 +12,17 @@ import yaml
 from affine import Affine
 from rasterio.windows import Window
 
-from pipeline.config import FilmConfig, SampleConfig
-from pipeline.film import (
+from pipeline.core.config import FilmConfig, SampleConfig
+from pipeline.sample.film import (
     FilmError,
     build_film_layer,
     characteristic_curve,
     emulate_film,
     film_grain,
-    main,
     panchromatic,
     vignette,
 )
+from pipeline.stages.film import main
 
 PLAIN = FilmConfig(contrast=0.0, gamma=1.0, grain_sigma=0.0, blur_sigma_px=0.0, vignette_strength=0.0)
 

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import HarvestConfig
-from pipeline.harvester import (
+from pipeline.core.config import HarvestConfig
+from pipeline.geo.harvester import (
     HarvestFailedError,
     RateLimiter,
     StoreMismatchError,
@@ -36,10 +36,10 @@ from pipeline.harvester import (
     harvest_to_store,
     parse_retry_after,
 )
-from pipeline.tilecache import TileCache
-from pipeline.tiles import TileId
-from pipeline.tilestore import TileStatus, TileStore
-from pipeline.wmts_client import ServiceUnreachableError, xyz_source
+from pipeline.geo.tilecache import TileCache
+from pipeline.geo.tiles import TileId
+from pipeline.geo.tilestore import TileStatus, TileStore
+from pipeline.geo.wmts_client import ServiceUnreachableError, xyz_source
 
 # --------------------------------------------------------------------------- tile bytes
 
@@ -330,7 +330,7 @@ def test_ogc_exception_codes_decide_retry(server: ScriptedServer, tmp_path: Path
 
 def test_oversized_body_is_refused(server: ScriptedServer, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.harvester as harvester
+    import pipeline.geo.harvester as harvester
 
     limit = 2 * len(tile_png(TILES[1]))
     monkeypatch.setattr(harvester, "MAX_BODY_BYTES", limit)
@@ -469,8 +469,8 @@ def test_fully_cached_reharvest_makes_no_requests(server: ScriptedServer, tmp_pa
 
 # --------------------------------------------------------------------------- the cache itself
 def test_cache_is_thread_safe_persistent_and_refuses_failures(tmp_path: Path) -> None:
-    from pipeline.tilecache import CacheError, SourceKey
-    from pipeline.tilestore import TileRecord
+    from pipeline.geo.tilecache import CacheError, SourceKey
+    from pipeline.geo.tilestore import TileRecord
 
     key = SourceKey("http://x/wmts", "layer", "GoogleMapsCompatible", "image/png")
     other = SourceKey("http://x/wmts", "layer", "GoogleMapsCompatible", "image/jpeg")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.pair_batches import PairBatches, full_tiles
+from pipeline.datasets.batches import PairBatches, full_tiles
 
 
 def _pairs(n: int = 5, size: int = 32) -> np.ndarray:

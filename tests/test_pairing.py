@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.pairing import InputReader, PairingError, grid_of, luma, to_gray
-from pipeline.registration import estimate_offset
-from pipeline.tiles import TileId, tile_bounds_3857
-from pipeline.tilestore import TileRecord, TileStatus, TileStore
+from pipeline.datasets.pairing import InputReader, PairingError, grid_of, luma, to_gray
+from pipeline.geo.registration import estimate_offset
+from pipeline.geo.tiles import TileId, tile_bounds_3857
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
 from tests.imagery import ERIE_Z18, cut_tiles, make_store, png_bytes, render_mosaic, to_records
 
 

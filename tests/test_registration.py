@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.pairing import luma
-from pipeline.registration import estimate_offset
+from pipeline.datasets.pairing import luma
+from pipeline.geo.registration import estimate_offset
 from tests.imagery import ERIE_Z18, render_mosaic
 
 

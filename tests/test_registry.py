@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.registry import get_model_class, model_names, resolve_options
-from pipeline.config import ConfigError, TrainPreset
+from pipeline.core.config import ConfigError, TrainPreset
 
 CPU_PRESET = TrainPreset(
     crop_size=128, load_size=256, width_scale=0.25, steps=10, decay_steps=10, unet="unet_128"

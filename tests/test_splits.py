@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from pipeline.config import SplitConfig
-from pipeline.splits import GUARD, SplitPlan, assign_splits, block_of, block_uniform, split_counts
-from pipeline.tiles import TileId
+from pipeline.core.config import SplitConfig
+from pipeline.datasets.splits import GUARD, SplitPlan, assign_splits, block_of, block_uniform, split_counts
+from pipeline.geo.tiles import TileId
 
 Z = 18
 X0, Y0 = 73500, 96700

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from pipeline.aoi import read_aoi
-from pipeline.errors import LuminescenceError
-from pipeline.tiles import TileId, TooManyTilesError, tile_bounds_3857, tile_cover, tile_cover_count
+from pipeline.core.errors import LuminescenceError
+from pipeline.geo.aoi import read_aoi
+from pipeline.geo.tiles import TileId, TooManyTilesError, tile_bounds_3857, tile_cover, tile_cover_count
 
 SHIPPED = ["erie_village", "columbia_fields", "sinica_nangang", "taipei_basin"]
 

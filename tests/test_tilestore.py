@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.tiles import TileId, tms_row
-from pipeline.tilestore import (
+from pipeline.geo.tiles import TileId, tms_row
+from pipeline.geo.tilestore import (
     StoreError,
     TileRecord,
     TileRefused,
@@ -115,7 +115,7 @@ def _encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     (Image.new("P", (256, 256), 0), False, True),
 ])
 def test_inspect_tile_agrees_with_rgba_decode(img: Image.Image, transparent: bool, single: bool) -> None:
-    from pipeline.tilestore import inspect_tile
+    from pipeline.geo.tilestore import inspect_tile
 
     for variant in (img, img.copy()):
         if variant is not img:  # break uniformity with one pixel
@@ -130,7 +130,7 @@ def test_inspect_tile_agrees_with_rgba_decode(img: Image.Image, transparent: boo
 
 
 def test_inspect_tile_honours_png_transparency_chunk() -> None:
-    from pipeline.tilestore import inspect_tile
+    from pipeline.geo.tilestore import inspect_tile
 
     # A palette PNG whose only colour is marked transparent (tRNS), like many "no data" tiles.
     img = Image.new("P", (256, 256), 0)

@@ -1,4 +1,4 @@
-"""The `python -m pipeline.train` command: help, errors, outputs, resume, no-op."""
+"""The `python -m pipeline.stages.train` command: help, errors, outputs, resume, no-op."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train import main
+from pipeline.stages.train import main
 from tests.tiny_gan import write_params, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 
 def test_help_works_as_a_module() -> None:
-    done = subprocess.run([sys.executable, "-m", "pipeline.train", "--help"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     for flag in ("ABLATION", "--steps", "--stop-at", "--out", "--device", "--no-resume"):

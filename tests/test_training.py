@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import checkpoint as ckpt_mod
-from pipeline import training
-from pipeline.checkpoint import read_checkpoint
-from pipeline.dataset_format import open_split
-from pipeline.training import ConstantThenLinear, plan_run, summary_line, train, validate
+from pipeline.datasets.storage import open_split
+from pipeline.training import checkpoint as ckpt_mod
+from pipeline.training import loop as training
+from pipeline.training.checkpoint import read_checkpoint
+from pipeline.training.loop import ConstantThenLinear, plan_run, summary_line, train, validate
 from tests.tiny_gan import TinyOptions, TinyP2P, tiny_params, write_tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("quiet_cpu")
@@ -88,7 +88,7 @@ def test_epoch_schedule_counts_iterations_from_the_split(datasets: Path, tmp_pat
     params = tiny_params(batch=4)
     data = params.model_dump()
     data["train"]["presets"]["t"].update(steps=None, decay_steps=None, epochs=2, decay_epochs=1)
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
 
     plan = plan_run("tiny", parse_params(data), out_dir=tmp_path / "r", datasets_dir=datasets)
     assert (plan.constant_steps, plan.decay_steps) == (4, 2)  # 6 train tiles, batch 4: 2 per epoch
@@ -226,7 +226,7 @@ def test_resumed_run_does_not_log_steps_twice(datasets: Path, tmp_path: Path) ->
 
 
 def test_prefetched_batches_equal_sequential_ones(datasets: Path) -> None:
-    from pipeline.pair_batches import PairBatches
+    from pipeline.datasets.batches import PairBatches
 
     batches = PairBatches(open_split(datasets / "tiny", "train"), batch_size=2, crop_size=16,
                           load_size=32, paired=True, seed=5)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import LuminescenceError
-from pipeline.tiles import TileId
-from pipeline.wmts_client import (
+from pipeline.core.errors import LuminescenceError
+from pipeline.geo.tiles import TileId
+from pipeline.geo.wmts_client import (
     CapabilitiesError,
     LayerRequestError,
     ServiceUnreachableError,
@@ -336,7 +336,7 @@ def test_capabilities_fetch_retries_transient_errors() -> None:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_port}/wmts/1.0.0/WMTSCapabilities.xml"
-        from pipeline.wmts_client import fetch_capabilities
+        from pipeline.geo.wmts_client import fetch_capabilities
 
         assert fetch_capabilities(url, user_agent="LuminescenceTest/1", backoff_s=0.01) == SINICA_LIKE
         assert seen == ["LuminescenceTest/1"] * 2
@@ -350,7 +350,7 @@ def test_capabilities_fetch_retries_transient_errors() -> None:
 def test_dns_failure_message_names_host_and_what_to_check() -> None:
     import requests
 
-    from pipeline.wmts_client import describe_connection_error
+    from pipeline.geo.wmts_client import describe_connection_error
 
     exc = requests.ConnectionError("HTTPSConnectionPool(host='gis.sinica.example', port=443): Max retries "
                                    "exceeded (Caused by NameResolutionError(\"Failed to resolve "

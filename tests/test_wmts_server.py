@@ -21,9 +21,9 @@ from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.warp import reproject, transform_bounds
 
-from pipeline.config import SampleConfig
-from pipeline.tiles import TileId, tile_bounds_3857
-from pipeline.wmts_server import (
+from pipeline.core.config import SampleConfig
+from pipeline.geo.tiles import TileId, tile_bounds_3857
+from pipeline.server.wmts import (
     MAX_ZOOM,
     TRANSPARENT_PNG,
     FaultPlan,

@@ -6,7 +6,7 @@ optional batch norm, conditional discriminator, two optimizers, D then G step th
 registered under the test-only name `tiny_p2p`; `TinyPooled` (`tiny_pool`) adds an
 unpaired image pool in `extra_state`, like CycleGAN's, drawn with Python's `random`.
 
-Run as a module it is the `pipeline.train` CLI with these models registered (used by the
+Run as a module it is the `pipeline.stages.train` CLI with these models registered (used by the
 multi-process and SIGKILL tests): `python -m tests.tiny_gan ABLATION --params FILE ...`.
 """
 
@@ -25,8 +25,8 @@ from torch import nn
 
 from models.base import GANModel, ModelOptions
 from models.registry import register_model
-from pipeline.config import Params, parse_params
-from pipeline.dataset_format import DatasetInfo, write_info, write_split
+from pipeline.core.config import Params, parse_params
+from pipeline.datasets.storage import DatasetInfo, write_info, write_split
 
 
 class TinyOptions(ModelOptions):
@@ -202,6 +202,6 @@ def write_params(path: Path, **kwargs: Any) -> Path:
 
 
 if __name__ == "__main__":
-    from pipeline.train import main
+    from pipeline.stages.train import main
 
     main(sys.argv[1:])

@@ -19,7 +19,7 @@ from models.networks.discriminators import MultiscaleDiscriminator, NLayerDiscri
 from models.networks.generators import ResnetGenerator, UnetGenerator
 from models.networks.init import InitKind, init_weights
 from models.networks.layers import NormKind, is_per_sample
-from pipeline.errors import LuminescenceError
+from pipeline.core.errors import LuminescenceError
 
 __all__ = [
     "DISCRIMINATORS",

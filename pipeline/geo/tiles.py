@@ -1,0 +1,193 @@
+"""Tile math for the GoogleMapsCompatible (EPSG:3857) grid, on top of mercantile.
+
+This module owns tile geometry: bounds, TMS row flipping and the exact AOI cover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import mercantile
+import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from pipeline.core.errors import LuminescenceError
+
+TILE_SIZE = 256
+_HALF_WORLD = mercantile.CE / 2  # EPSG:3857 extent of the tile grid is +-_HALF_WORLD
+
+
+class TileId(NamedTuple):
+    """An XYZ tile: x = column, y = row counted from the north (as in WMTS and XYZ URLs)."""
+
+    z: int
+    x: int
+    y: int
+
+    def __str__(self) -> str:
+        return f"{self.z}/{self.x}/{self.y}"
+
+
+def tms_row(z: int, y: int) -> int:
+    """MBTiles stores rows counted from the south (TMS); XYZ rows count from the north."""
+    return (1 << z) - 1 - y
+
+
+def tile_bounds_3857(tile: TileId) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of the tile in EPSG:3857 metres.
+
+    Each grid line is computed from its own index (the right edge is the left edge of
+    the next column), so neighbouring tiles and parent/child tiles share bit-identical
+    edges; mercantile's `right = left + size` is off by one ulp about half the time.
+    """
+    z, x, y = tile
+    last = (1 << z) - 1
+    b = mercantile.xy_bounds(x, y, z)
+    right = mercantile.xy_bounds(x + 1, y, z).left if x < last else _HALF_WORLD
+    bottom = mercantile.xy_bounds(x, y + 1, z).top if y < last else -_HALF_WORLD
+    return (b.left, bottom, right, b.top)
+
+
+def tile_bounds_wgs84(tile: TileId) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of the tile in degrees."""
+    b = mercantile.bounds(tile.x, tile.y, tile.z)
+    return (b.west, b.south, b.east, b.north)
+
+
+def union_bounds_wgs84(tiles: list[TileId]) -> tuple[float, float, float, float]:
+    """Smallest (west, south, east, north) box covering all tiles."""
+    if not tiles:
+        raise ValueError("no tiles")
+    boxes = [tile_bounds_wgs84(t) for t in tiles]
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+# --------------------------------------------------------------------------- AOI cover
+class TooManyTilesError(LuminescenceError):
+    """The AOI needs more tiles at this zoom than the configured limit allows."""
+
+    def __init__(self, count: int, zoom: int, limit: int) -> None:
+        super().__init__(
+            f"the AOI covers {count} tiles at zoom {zoom}, more than the limit of {limit}; "
+            f"lower the zoom or raise harvest.max_tiles in params.yaml")
+        self.count = count
+        self.zoom = zoom
+        self.limit = limit
+
+
+# A tile is in the cover when the interiors of tile and AOI intersect (DE-9IM II = T),
+# which for two areal shapes is exactly "the intersection has area > 0".
+_INTERIORS_INTERSECT = "T********"
+
+
+class _CoverParts(NamedTuple):
+    """The cover as found by the quadtree descent, before expansion to single tiles."""
+
+    blocks: list[tuple[int, np.ndarray, np.ndarray]]  # (level, xs, ys): tiles fully inside
+    edge_xs: np.ndarray  # tiles at the target zoom that are partly inside
+    edge_ys: np.ndarray
+
+    def count(self, zoom: int) -> int:
+        full = sum(len(xs) * 4 ** (zoom - level) for level, xs, _ in self.blocks)
+        return int(full) + len(self.edge_xs)
+
+
+def _boxes(level: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    pairs = zip(xs.tolist(), ys.tolist(), strict=True)
+    bounds = np.array([tile_bounds_3857(TileId(level, x, y)) for x, y in pairs], np.float64).reshape(-1, 4)
+    return shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+
+
+def _start_tiles(geometry: BaseGeometry, zoom: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The smallest tile holding the AOI's bounding box (at most `zoom`) and its 8 neighbours.
+
+    The neighbours make the start robust to mercantile's epsilon at the box edges; the
+    descent drops them at once when they do not meet the AOI.
+    """
+    minx, miny, maxx, maxy = geometry.bounds
+    minx, maxx = max(minx, -_HALF_WORLD), min(maxx, _HALF_WORLD)
+    miny, maxy = max(miny, -_HALF_WORLD), min(maxy, _HALF_WORLD)
+    if minx >= maxx or miny >= maxy:  # entirely outside the web-mercator square
+        return zoom, np.empty(0, np.int64), np.empty(0, np.int64)
+    west, north = mercantile.lnglat(minx, maxy)
+    east, south = mercantile.lnglat(maxx, miny)
+    start = mercantile.bounding_tile(west, south, east, north)
+    if start.z > zoom:
+        start = mercantile.parent(start, zoom=zoom)
+    n = 1 << start.z
+    xs = [x for x in (start.x - 1, start.x, start.x + 1) if 0 <= x < n]
+    ys = [y for y in (start.y - 1, start.y, start.y + 1) if 0 <= y < n]
+    gx, gy = np.meshgrid(np.array(xs, np.int64), np.array(ys, np.int64), indexing="ij")
+    return start.z, gx.ravel(), gy.ravel()
+
+
+def _cover_parts(geometry_3857: BaseGeometry, zoom: int) -> _CoverParts:
+    """Quadtree descent: keep tiles whose interior meets the AOI's interior; a tile
+    inside the AOI contributes all its descendants; only partly covered tiles are split."""
+    if not 0 <= zoom <= 30:
+        raise ValueError(f"zoom must be in 0..30, got {zoom}")
+    if geometry_3857.geom_type not in ("Polygon", "MultiPolygon"):
+        raise ValueError(f"tile_cover needs a Polygon or MultiPolygon, got {geometry_3857.geom_type}")
+    empty = np.empty(0, np.int64)
+    if geometry_3857.is_empty:
+        return _CoverParts([], empty, empty)
+    shapely.prepare(geometry_3857)  # caches a spatial index; the geometry itself is unchanged
+    level, xs, ys = _start_tiles(geometry_3857, zoom)
+    blocks: list[tuple[int, np.ndarray, np.ndarray]] = []
+    while True:
+        boxes = _boxes(level, xs, ys)
+        meets = shapely.relate_pattern(geometry_3857, boxes, _INTERIORS_INTERSECT)
+        xs, ys, boxes = xs[meets], ys[meets], boxes[meets]
+        inside = shapely.contains(geometry_3857, boxes)
+        if inside.any():
+            blocks.append((level, xs[inside], ys[inside]))
+        xs, ys = xs[~inside], ys[~inside]
+        if level == zoom or len(xs) == 0:
+            return _CoverParts(blocks, xs, ys)
+        # the four children of each partly covered tile
+        xs = (np.repeat(xs * 2, 4) + np.tile(np.array([0, 1, 0, 1], np.int64), len(xs)))
+        ys = (np.repeat(ys * 2, 4) + np.tile(np.array([0, 0, 1, 1], np.int64), len(ys)))
+        level += 1
+
+
+def _expand(parts: _CoverParts, zoom: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for level, bx, by in parts.blocks:
+        n = 1 << (zoom - level)
+        offsets = np.arange(n, dtype=np.int64)
+        xs = bx[:, None, None] * n + offsets[None, :, None]
+        ys = by[:, None, None] * n + offsets[None, None, :]
+        xs, ys = np.broadcast_arrays(xs, ys)
+        yield xs.ravel(), ys.ravel()
+    yield parts.edge_xs, parts.edge_ys
+
+
+def tile_cover(geometry_3857: BaseGeometry, zoom: int, *, max_tiles: int | None = None) -> list[TileId]:
+    """Exactly the XYZ tiles (GoogleMapsCompatible) at `zoom` whose footprint meets the AOI.
+
+    Boundary rule: a tile is in the cover when its intersection with the AOI has an area
+    greater than zero (the interiors intersect). Tiles that only touch the AOI along an
+    edge or at a corner are NOT in the cover, and neither are tiles inside a hole.
+    The AOI is `geometry_3857`, a Polygon or MultiPolygon in EPSG:3857 metres.
+
+    Found by a quadtree descent from the smallest tile holding the AOI, with a prepared
+    geometry: a tile inside the AOI contributes all its descendants without more tests,
+    so the work grows with the AOI's outline, not its area. Sorted by (x, y).
+    Raises TooManyTilesError (before building the list) when `max_tiles` is exceeded.
+    """
+    parts = _cover_parts(geometry_3857, zoom)
+    count = parts.count(zoom)
+    if max_tiles is not None and count > max_tiles:
+        raise TooManyTilesError(count, zoom, max_tiles)
+    pieces = list(_expand(parts, zoom))
+    xs = np.concatenate([p[0] for p in pieces])
+    ys = np.concatenate([p[1] for p in pieces])
+    order = np.lexsort((ys, xs))
+    return [TileId(zoom, x, y) for x, y in zip(xs[order].tolist(), ys[order].tolist(), strict=True)]
+
+
+def tile_cover_count(geometry_3857: BaseGeometry, zoom: int) -> int:
+    """len(tile_cover(geometry_3857, zoom)) without building the list (same rule, same descent)."""
+    return _cover_parts(geometry_3857, zoom).count(zoom)

@@ -1,0 +1,268 @@
+"""Colourise a harvested area with a trained model, without seams between tiles.
+
+    python -m pipeline.stages.colourise --model runs/ABLATION/model.pt --store AREA.mbtiles \
+        --out AREA_colour.mbtiles [--geotiff AREA_colour.tif] [--preview AREA.png]
+
+The input is any tile store (a fetch stage's output, or `python -m pipeline.stages.fetch harvest`
+for a new area). Each tile is colourised inside a larger window made of its neighbours
+(`--margin` pixels on every side) and only the centre is kept: the generator sees the
+same context across a tile edge from both sides, so the mosaic shows no tile seams (the
+reference implementations colourise tiles one by one, and their zero padding shows).
+Colour input tiles (a modern layer) are converted to gray with the align stage's luma
+first, and the output says so. Output tiles keep the input's transparency and its
+z/x/y, so the GeoTIFF mosaic carries EPSG:3857 and the exact tile bounds.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.errors import LuminescenceError
+from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, union_bounds_wgs84
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, decode_tile
+
+MIN_MARGIN = 32
+
+
+class ColouriseError(LuminescenceError):
+    pass
+
+
+def size_multiple(net_g: str) -> int:
+    """Input sizes the generator accepts must be multiples of this."""
+    if net_g.startswith("unet_"):
+        return int(net_g.split("_")[1])
+    return 4  # ResNet generators: two stride-2 downsamplings
+
+
+def context_margin(multiple: int, min_margin: int = MIN_MARGIN) -> int:
+    """Smallest margin >= min_margin with (256 + 2 * margin) a multiple of `multiple`."""
+    margin = min_margin
+    while (TILE_SIZE + 2 * margin) % multiple:
+        margin += 1
+    return margin
+
+
+class GrayTiles:
+    """Gray + alpha of the source tiles, decoded once and kept in a small LRU cache."""
+
+    def __init__(self, store: TileStore, luma: str, cache_tiles: int = 256) -> None:
+        from pipeline.datasets.pairing import to_gray
+
+        self._to_gray = to_gray
+        self.store = store
+        self.luma = luma
+        self.colour_tiles = 0
+        self._cache: OrderedDict[TileId, np.ndarray | None] = OrderedDict()
+        self._size = cache_tiles
+
+    def get(self, tile: TileId) -> np.ndarray | None:
+        """(256, 256, 2) uint8 gray + alpha, or None where there is no tile."""
+        if tile in self._cache:
+            self._cache.move_to_end(tile)
+            return self._cache[tile]
+        data = self.store.get(tile)
+        out = None
+        if data is not None:
+            rgba = decode_tile(data)
+            gray, colour = self._to_gray(rgba, self.luma)
+            self.colour_tiles += int(colour)
+            out = np.stack([gray, rgba[..., 3]], axis=-1)
+        self._cache[tile] = out
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return out
+
+
+def context_window(tiles: GrayTiles, tile: TileId, margin: int) -> np.ndarray:
+    """The tile's gray pixels with `margin` pixels of its neighbours around it.
+
+    Where a neighbour is missing, the tile is mirrored instead (as reflection padding
+    would), so the window is always complete.
+    """
+    centre = tiles.get(tile)
+    assert centre is not None
+    n = TILE_SIZE
+    window = np.pad(centre[..., 0], margin, mode="symmetric")
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dx == dy == 0:
+                continue
+            nb = tiles.get(TileId(tile.z, tile.x + dx, tile.y + dy))
+            if nb is None or (nb[..., 1] < 255).any():
+                continue
+            # Window rows/cols covered by this neighbour, and the matching source slice.
+            ys = (0, margin) if dy < 0 else (margin, margin + n) if dy == 0 else (margin + n, 2 * margin + n)
+            xs = (0, margin) if dx < 0 else (margin, margin + n) if dx == 0 else (margin + n, 2 * margin + n)
+            sy = slice(n - margin, n) if dy < 0 else slice(0, n) if dy == 0 else slice(0, margin)
+            sx = slice(n - margin, n) if dx < 0 else slice(0, n) if dx == 0 else slice(0, margin)
+            window[ys[0]:ys[1], xs[0]:xs[1]] = nb[sy, sx, 0]
+    return window
+
+
+def png_rgba(rgb: np.ndarray, alpha: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.dstack([rgb, alpha])).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+@dataclass
+class ColouriseReport:
+    tiles: int
+    colour_input_tiles: int
+    margin: int
+    seconds: float
+
+
+def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: int, luma: str,
+                    device: Any, batch_size: int = 4, progress: bool = True) -> ColouriseReport:
+    """Colourise every tile with data in `source` into `out` (resumable: done tiles are skipped)."""
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    gray_tiles = GrayTiles(source, luma)
+    done = set(out.tiles(TileStatus.OK))
+    todo = [t for t in source.tiles(TileStatus.OK) if t not in done]
+    start = time.perf_counter()
+    n = TILE_SIZE
+    with torch.inference_mode(), tqdm(total=len(todo), desc="colourising", unit="tile",
+                                      disable=not progress) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            windows = np.stack([context_window(gray_tiles, t, margin) for t in batch])
+            a = torch.from_numpy(windows).unsqueeze(1).float().div_(255.0).to(device)
+            rgb = model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+            rgb = rgb[:, :, margin:margin + n, margin:margin + n].permute(0, 2, 3, 1).cpu().numpy()
+            records = []
+            for t, pixels in zip(batch, rgb, strict=True):
+                alpha = gray_tiles.get(t)[..., 1]
+                records.append(TileRecord(t, TileStatus.OK, png_rgba(pixels, alpha)))
+            out.put_many(records)  # one transaction per batch: a killed run keeps what it wrote
+            bar.update(len(batch))
+    return ColouriseReport(tiles=len(todo), colour_input_tiles=gray_tiles.colour_tiles, margin=margin,
+                           seconds=time.perf_counter() - start)
+
+
+def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """All ok tiles of one zoom as one RGBA array and its EPSG:3857 bounds."""
+    tiles = store.tiles(TileStatus.OK)
+    if not tiles:
+        raise ColouriseError(f"{store.path} has no tiles to mosaic")
+    xs = [t.x for t in tiles]
+    ys = [t.y for t in tiles]
+    x0, y0 = min(xs), min(ys)
+    n = TILE_SIZE
+    out = np.zeros(((max(ys) - y0 + 1) * n, (max(xs) - x0 + 1) * n, 4), dtype=np.uint8)
+    for t in tiles:
+        rgba = store.read_rgba(t)
+        out[(t.y - y0) * n:(t.y - y0 + 1) * n, (t.x - x0) * n:(t.x - x0 + 1) * n] = rgba
+    z = tiles[0].z
+    left, _, _, top = tile_bounds_3857(TileId(z, x0, y0))
+    _, bottom, right, _ = tile_bounds_3857(TileId(z, max(xs), max(ys)))
+    return out, (left, bottom, right, top)
+
+
+def write_geotiff(store: TileStore, path: Path) -> Path:
+    """The store's tiles as one tiled, compressed RGBA GeoTIFF in EPSG:3857."""
+    import rasterio
+    from rasterio.transform import from_bounds
+
+    rgba, bounds = mosaic(store)
+    h, w = rgba.shape[:2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.tif")
+    with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint8",
+                       crs="EPSG:3857", transform=from_bounds(*bounds, w, h), photometric="RGB",
+                       alpha="YES", tiled=True, compress="deflate") as dst:
+        dst.write(np.moveaxis(rgba, -1, 0))
+        meta = store.metadata
+        dst.update_tags(**{k: meta[k] for k in ("description", "model", "source_store") if k in meta})
+    tmp.replace(path)
+    return path
+
+
+def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, max_px: int = 900) -> Path:
+    """A PNG: the gray input beside its colourisation, downsampled."""
+    from PIL import Image
+
+    from pipeline.datasets.pairing import to_gray
+
+    src, _ = mosaic(source)
+    col, _ = mosaic(out)
+    gray = to_gray(src, luma)[0]
+    left = np.dstack([gray, gray, gray, src[..., 3]])
+    both = np.concatenate([left, np.zeros((left.shape[0], 16, 4), np.uint8), col], axis=1)
+    img = Image.fromarray(both)
+    scale = max_px / max(img.size)
+    if scale < 1:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | None, preview: Path | None,
+        margin: int | None, luma: str, device_name: str, batch_size: int, progress: bool) -> str:
+    from pipeline.training.checkpoint import load_model
+    from pipeline.training.devices import pick_device
+
+    if not model_file.exists():
+        raise ColouriseError(f"model {model_file} not found; train one first (dvc repro train@ABLATION) "
+                             f"and pass runs/ABLATION/model.pt")
+    device = pick_device(device_name)
+    model = load_model(model_file, device)
+    multiple = size_multiple(model.opts.netG)
+    margin = context_margin(multiple) if margin is None else margin
+    if (TILE_SIZE + 2 * margin) % multiple:
+        raise ColouriseError(f"--margin {margin} gives {TILE_SIZE + 2 * margin}-pixel windows, but the "
+                             f"model's {model.opts.netG} needs multiples of {multiple}; try "
+                             f"--margin {context_margin(multiple, margin)}")
+    with TileStore(source_path, readonly=True) as source:
+        meta = source.metadata
+        if out_path.exists():
+            with TileStore(out_path, readonly=True) as prev:
+                if prev.metadata.get("source_store") != str(source_path) or \
+                        prev.metadata.get("model") != str(model_file):
+                    raise ColouriseError(f"{out_path} holds another colourisation; choose another --out "
+                                         f"or delete it")
+        tiles = source.tiles(TileStatus.OK)
+        if not tiles:
+            raise ColouriseError(f"{source_path} has no tiles with data to colourise")
+        with TileStore(out_path) as out:
+            w, s, e, n = union_bounds_wgs84(tiles)
+            out.set_metadata({
+                "name": f"{meta.get('name', source_path.stem)} colourised",
+                "format": "png", "type": "overlay", "version": "1",
+                "bounds": f"{w},{s},{e},{n}", "minzoom": tiles[0].z, "maxzoom": tiles[0].z,
+                "description": f"COLOURISED by a Luminescence model ({model_file}); colours are the "
+                               f"model's estimate, not observations",
+                "model": str(model_file), "source_store": str(source_path),
+                "source_layer": meta.get("layer", ""), "attribution": meta.get("attribution", ""),
+                "luma": luma, "margin": margin, "complete": "false",
+                "colourised_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            })
+            report = colourise_store(model, source, out, margin=margin, luma=luma, device=device,
+                                     batch_size=batch_size, progress=progress)
+            out.mark_complete()
+            if geotiff:
+                write_geotiff(out, geotiff)
+            if preview:
+                write_preview(source, out, preview, luma=luma)
+    note = (f"; {report.colour_input_tiles} colour input tiles were converted to gray ({luma} luma) first"
+            if report.colour_input_tiles else "")
+    rate = report.tiles / report.seconds if report.seconds > 0 else 0.0
+    return (f"colourised {report.tiles} tiles of {source_path} with {model_file} ({margin}-px context "
+            f"margin) in {report.seconds:.1f} s ({rate:.1f} tiles/s) -> {out_path}{note}")

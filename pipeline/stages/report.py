@@ -1,0 +1,45 @@
+"""Report stage: reports/summary.md with the study's tables, charts and conclusions.
+
+Reads the metric files of the ablations and baselines that params.yaml defines NOW
+(metric files of removed ablations may linger on disk; they are ignored), the training
+curves logged by DVCLive, and writes:
+- reports/summary.md: one table per model family (input x variant -> FID, IS max, IS
+  mean, KID, their EfficientNet-Lite0 counterparts, ΔE2000, PSNR, SSIM, colourfulness),
+  the baselines, and "what this run reproduces of the study's conclusions", computed
+  from the numbers;
+- reports/figures/*.png: bar charts per metric and training curves (DVC plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.core.errors import cli_entry
+from pipeline.results.report import load_entries, write_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stages.report",
+        description="Write reports/summary.md (tables, conclusions) and reports/figures/*.png from "
+                    "the metric files of the ablations and baselines in params.yaml.")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pipeline.core.config import load_params
+
+    params = load_params(args.params)
+    path = write_report(params)
+    entries, missing = load_entries(params)
+    print(f"wrote {path}: {len(entries)} scored ({len(missing)} missing)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
