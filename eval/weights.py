@@ -17,20 +17,37 @@ left out of the results.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from pipeline.core.errors import LuminescenceError
+# The generic checks live with the models (the pretrained-encoder generators use them too).
+from models.weights import (
+    SHA_SIDECAR_SUFFIX,
+    WeightsError,
+    cached_sha256,
+    check_file,
+    load_state_dict,
+    sha256_of_file,
+)
+
+__all__ = [
+    "INCEPTION_ENV",
+    "INCEPTION_FILE",
+    "INCEPTION_SIZE",
+    "SHA_SIDECAR_SUFFIX",
+    "FoundWeights",
+    "WeightsError",
+    "cached_sha256",
+    "check_weights_file",
+    "find_inception_weights",
+    "load_state_dict",
+    "sha256_of_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +56,8 @@ INCEPTION_SIZE = 95_628_359
 INCEPTION_SHA256_PREFIX = "6726825d"
 INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
 INCEPTION_ENV = "LUMINESCENCE_INCEPTION_WEIGHTS"
-SHA_SIDECAR_SUFFIX = ".sha256.json"
 
 _warned: set[str] = set()
-
-
-class WeightsError(LuminescenceError):
-    """A weights file is missing, damaged or not the expected one."""
 
 
 @dataclass(frozen=True)
@@ -55,71 +67,13 @@ class FoundWeights:
     origin: str  # "params", "environment", "hub cache" or "download"
 
 
-# --------------------------------------------------------------------------- hashing
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cached_sha256(path: Path) -> str:
-    """sha256 of `path`, cached in `<path>.sha256.json` keyed by size and mtime.
-
-    A stale or unreadable cache is recomputed; an unwritable directory just skips caching.
-    """
-    path = Path(path)
-    stat = path.stat()
-    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    sidecar = path.with_name(path.name + SHA_SIDECAR_SUFFIX)
-    try:
-        cached = json.loads(sidecar.read_text(encoding="utf-8"))
-        if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()):
-            sha = cached.get("sha256")
-            if isinstance(sha, str) and len(sha) == 64:
-                return sha
-    except (OSError, ValueError):
-        pass
-    sha = sha256_of_file(path)
-    try:
-        _write_json_atomic(sidecar, {**key, "sha256": sha})
-    except OSError as exc:
-        log.debug("could not cache the sha256 of %s: %s", path, exc)
-    return sha
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(dict(data), fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def check_weights_file(path: Path, *, size: int | None = None, sha256_prefix: str | None = None) -> str:
     """Return the file's sha256 if it has the expected size and sha256 prefix; else WeightsError.
 
     The defaults are the FID Inception file's (INCEPTION_SIZE, INCEPTION_SHA256_PREFIX).
     """
-    path = Path(path)
-    size = INCEPTION_SIZE if size is None else size
-    sha256_prefix = INCEPTION_SHA256_PREFIX if sha256_prefix is None else sha256_prefix
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    actual = path.stat().st_size
-    if actual != size:
-        raise WeightsError(f"weights file {path} has {actual:,} bytes, expected {size:,}: "
-                           "it is not the expected file or is incomplete; replace it")
-    sha = cached_sha256(path)
-    if not sha.startswith(sha256_prefix):
-        raise WeightsError(f"weights file {path} has sha256 {sha[:16]}..., expected one starting "
-                           f"with {sha256_prefix}: it is damaged or a different file; replace it")
-    return sha
+    return check_file(path, size=INCEPTION_SIZE if size is None else size,
+                      sha256_prefix=INCEPTION_SHA256_PREFIX if sha256_prefix is None else sha256_prefix)
 
 
 # --------------------------------------------------------------------------- finding
@@ -207,32 +161,3 @@ def download_inception_weights(dest_dir: Path, *, url: str = INCEPTION_URL) -> P
         dest.unlink(missing_ok=True)  # never leave a wrong file where the next run would look
         raise
     return dest
-
-
-# --------------------------------------------------------------------------- loading
-def load_state_dict(path: Path, expected_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """Load a plain state dict with torch.load(weights_only=True) and check names and shapes.
-
-    BatchNorm `num_batches_tracked` counters (training bookkeeping, unused in eval) are
-    filled with 0 when a file saved by an older PyTorch lacks them.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors are varied; all mean an unusable file
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"weights file {path} is not a plain state dict of tensors")
-    state = dict(state)
-    for key in expected_shapes:
-        if key.endswith(".num_batches_tracked") and key not in state:
-            state[key] = torch.tensor(0, dtype=torch.long)
-    missing = [k for k in expected_shapes if k not in state]
-    unexpected = [k for k in state if k not in expected_shapes]
-    wrong = [k for k, shape in expected_shapes.items()
-             if k in state and tuple(state[k].shape) != tuple(shape)]
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                           for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                              ("wrong shape", wrong)) if keys)
-        raise WeightsError(f"weights file {path} does not fit the network ({detail})")
-    return state

@@ -29,7 +29,7 @@ from torch import nn
 from models.base import GANModel, ModelOptions
 from models.colour import ColourSpace
 from models.losses import GANLoss, Prediction, gradient_penalty
-from models.networks import check_image_size, is_per_sample
+from models.networks import check_image_size, is_per_sample, pretrained_encoder
 
 
 def set_requires_grad(nets: Iterable[nn.Module | None], flag: bool) -> None:
@@ -91,13 +91,41 @@ class ColourGAN(GANModel):
         self, name: str, nets: Iterable[nn.Module], role: str | None = None, beta2: float | None = None
     ) -> None:
         """Declare optimizer `name` over `nets` (built on first use, see `Optimizers`)."""
-        params = [p for net in nets for p in net.parameters()]
         betas = (self.opts.beta1, self.opts.beta2 if beta2 is None else beta2)
         lr = self.lr_for(role or name)
+        params: list[nn.Parameter] = []
+        encoder: list[nn.Parameter] = []  # pretrained encoders: their own, lower learning rate
+        for net in nets:
+            if pretrained_encoder(net):
+                params += list(net.decoder_parameters())  # type: ignore[operator]
+                encoder += list(net.encoder_parameters())  # type: ignore[operator]
+            else:
+                params += list(net.parameters())
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if encoder:
+            groups.append({"params": encoder, "lr": lr * getattr(self.opts, "encoder_lr_scale", 1.0)})
         fused = all(
-            p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params
+            p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+            for p in params + encoder
         )
-        self.optimizers.add(name, lambda: torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None))
+        self.optimizers.add(name, lambda: torch.optim.Adam(groups, lr=lr, betas=betas, fused=fused or None))
+
+    def pretrained_generators(self) -> list[nn.Module]:
+        return [net for net in self.nets.values() if pretrained_encoder(net)]
+
+    def configure_encoders(self) -> None:
+        """Apply the variant's encoder_bn option to its pretrained-encoder generators."""
+        train_bn = getattr(self.opts, "encoder_bn", "frozen") == "train"
+        for net in self.pretrained_generators():
+            net.freeze_bn = not train_bn  # type: ignore[assignment]
+            net.train(net.training)
+
+    def schedule_encoders(self) -> None:
+        """Pretrained encoders are frozen for the first encoder_warmup_iters iterations,
+        then fine-tuned (called at the start of every train_step; resumes follow `iteration`)."""
+        frozen_now = self.iteration < getattr(self.opts, "encoder_warmup_iters", 0)
+        for net in self.pretrained_generators():
+            net.set_encoder_frozen(frozen_now)  # type: ignore[operator]
 
     # ------------------------------------------------------------------ per step
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

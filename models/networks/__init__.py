@@ -3,7 +3,8 @@
 Names and defaults are the references': generators unet_256 | unet_128 |
 resnet_9blocks | resnet_6blocks, discriminators basic | n_layers | pixel (and
 BicycleGAN's basic_256_multi | basic_128_multi | basic_256 | basic_128), encoders
-resnet_256 | resnet_128.
+resnet_256 | resnet_128. Ours: generators unet_effnet_lite1 | unet_effnet_lite2, U-Nets
+whose encoder is an ImageNet-pretrained EfficientNet-Lite (models/networks/effnet_unet.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from models.networks.bicycle import ResnetEncoder, UnetZGenerator, Upsample, WhereAdd
 from models.networks.discriminators import MultiscaleDiscriminator, NLayerDiscriminator, PixelDiscriminator
+from models.networks.effnet_unet import EFFNET_GENERATORS, EffNetUnetGenerator, InputSpace
 from models.networks.generators import ResnetGenerator, UnetGenerator
 from models.networks.init import InitKind, init_weights
 from models.networks.layers import NormKind, is_per_sample
@@ -25,6 +27,7 @@ __all__ = [
     "DISCRIMINATORS",
     "ENCODERS",
     "GENERATORS",
+    "PRETRAINED_GENERATORS",
     "ImageSizeError",
     "UnknownNetworkError",
     "check_image_size",
@@ -36,9 +39,12 @@ __all__ = [
     "init_weights",
     "is_per_sample",
     "known_generator",
+    "pretrained_encoder",
 ]
 
-GENERATORS = ("unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks")
+SCRATCH_GENERATORS = ("unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks")
+PRETRAINED_GENERATORS = tuple(EFFNET_GENERATORS)  # ImageNet-pretrained encoders
+GENERATORS = SCRATCH_GENERATORS + PRETRAINED_GENERATORS
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
 MULTISCALE_DISCRIMINATORS = ("basic_256_multi", "basic_128_multi", "basic_256", "basic_128")
 ENCODERS = ("resnet_256", "resnet_128")
@@ -80,10 +86,15 @@ def define_generator(
     init_type: InitKind = "normal",
     init_gain: float = 0.02,
     antialias: bool = False,
+    input_space: InputSpace = "rgb",
 ) -> nn.Module:
-    """A generator by its reference name. `antialias`: CUT's blur-pooled ResNet."""
+    """A generator by its name. `antialias`: CUT's blur-pooled ResNet. `input_space`: the
+    colour space of the input tensor, which a pretrained encoder must turn into RGB."""
     _check_name("generator (netG)", name, GENERATORS)
     net: nn.Module
+    if name in EFFNET_GENERATORS:
+        return _pretrained_unet(name, in_channels, out_channels, ngf, norm, dropout, init_type, init_gain,
+                                input_space)
     if name in _UNET_DEPTH:
         net = UnetGenerator(in_channels, out_channels, _UNET_DEPTH[name], ngf, norm, dropout)
     else:
@@ -100,6 +111,30 @@ def define_generator(
         )
     net.arch_name = name  # type: ignore[assignment]
     return _finish(net, init_type, init_gain)
+
+
+def _pretrained_unet(name: str, in_channels: int, out_channels: int, ngf: int, norm: NormKind,
+                     dropout: bool, init_type: InitKind, init_gain: float,
+                     input_space: InputSpace) -> nn.Module:
+    """The decoder initialised like every other network, the encoder from ImageNet."""
+    from models.networks.pretrained import load_lite
+
+    net = EffNetUnetGenerator(EFFNET_GENERATORS[name], in_channels, out_channels, ngf, norm, dropout,
+                              input_space)
+    net.arch_name = name  # type: ignore[assignment]
+    if any(p.is_meta for p in net.parameters()):
+        return net
+    init_weights(net.decoder, init_type, init_gain)
+    init_weights(net.head, init_type, init_gain)
+    pretrained, sha = load_lite(EFFNET_GENERATORS[name])
+    net.encoder.load_from(pretrained)
+    net.encoder_sha256 = sha  # type: ignore[assignment]
+    return net
+
+
+def pretrained_encoder(net: nn.Module) -> bool:
+    """Whether `net` is a generator with a pretrained encoder (it has a warm-up and its own LR)."""
+    return isinstance(net, EffNetUnetGenerator)
 
 
 def define_z_generator(
@@ -184,6 +219,8 @@ def check_image_size(net: nn.Module, height: int, width: int, role: str = "netG"
             fix = "use crop_size 256 (preset 'full') or netG unet_128 (preset 'cpu' with crop_size 128)"
         elif name == "unet_128":
             fix = "use a crop_size that is a multiple of 128, e.g. 128 (preset 'cpu')"
+        elif name in EFFNET_GENERATORS:
+            fix = "use a crop_size that is a multiple of 32"
         else:
             fix = f"use a crop_size that is a multiple of {multiple}"
         raise ImageSizeError(

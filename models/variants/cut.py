@@ -23,19 +23,26 @@ from __future__ import annotations
 import torch
 from pydantic import Field, field_validator
 
-from models.base import ModelOptions
 from models.gan import ColourGAN, frozen
 from models.losses import GanMode, PatchSampleMLP, patch_nce_loss
-from models.networks import define_discriminator, define_generator, init_weights, known_generator
+from models.networks import (
+    PRETRAINED_GENERATORS,
+    define_discriminator,
+    define_generator,
+    init_weights,
+    known_generator,
+)
 from models.networks.init import InitKind
 from models.networks.layers import NormKind
+from models.pretrained import PretrainedEncoderOptions
 from models.registry import register_model
 
-_RESNETS = ("resnet_9blocks", "resnet_6blocks")
+_GENERATORS = ("resnet_9blocks", "resnet_6blocks", *PRETRAINED_GENERATORS)
 
 
-class CUTOptions(ModelOptions):
-    """Defaults = contrastive-unpaired-translation `--model cut --CUT_mode CUT`."""
+class CUTOptions(PretrainedEncoderOptions):
+    """Defaults = contrastive-unpaired-translation `--model cut --CUT_mode CUT`; netG may also
+    be a pretrained-encoder U-Net, whose NCE layers index its encoder (models.networks.effnet_unet)."""
 
     netG: str = "resnet_9blocks"
     norm: NormKind = "instance"  # the reference's normG and normD (both instance)
@@ -56,8 +63,8 @@ class CUTOptions(ModelOptions):
 
     @field_validator("netG")
     @classmethod
-    def _resnet_only(cls, v: str) -> str:
-        return known_generator(v, _RESNETS)
+    def _encoder_decoder_only(cls, v: str) -> str:
+        return known_generator(v, _GENERATORS)
 
     @field_validator("netF")
     @classmethod
@@ -110,6 +117,7 @@ class CUTModel(ColourGAN):
                 o.init_type,
                 o.init_gain,
                 antialias=o.antialias,
+                input_space=o.color_space,
             ),
         )
         self.D = self.add_net(
@@ -127,7 +135,9 @@ class CUTModel(ColourGAN):
             self.add_optimizer("F", [self.F])
         self.fuse_d = self.per_sample(o.norm)
         # reusing the forward pass's features as NCE keys needs per-sample norm
-        self.reuse_keys = self.per_sample(o.norm)
+        # (a pretrained encoder's batch norms in training mode would mix the batch)
+        self.reuse_keys = self.per_sample(o.norm) and o.encoder_bn == "frozen"
+        self.configure_encoders()
 
     def generate(self, a: torch.Tensor) -> torch.Tensor:
         self.check_size(a.shape[2], a.shape[3], self.G, [self.D])
@@ -157,6 +167,7 @@ class CUTModel(ColourGAN):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         o = self.opts
+        self.schedule_encoders()
         real_a, real_b = self.encode_batch(batch)
         self.check_size(real_a.shape[2], real_a.shape[3], self.G, [self.D])
         n = real_a.shape[0]

@@ -17,17 +17,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from models.base import ModelOptions
 from models.gan import ColourGAN, frozen
 from models.image_pool import ImagePool
 from models.losses import GanMode
 from models.networks import define_discriminator, define_generator, known_generator
 from models.networks.layers import NormKind
+from models.pretrained import PretrainedEncoderOptions
 from models.registry import register_model
 
 
-class CycleGANOptions(ModelOptions):
-    """Defaults = pytorch-CycleGAN-and-pix2pix `--model cycle_gan`."""
+class CycleGANOptions(PretrainedEncoderOptions):
+    """Defaults = pytorch-CycleGAN-and-pix2pix `--model cycle_gan`; netG may also be a
+    pretrained-encoder U-Net (both G_A and G_B then have one)."""
 
     netG: str = "resnet_9blocks"
     norm: NormKind = "instance"
@@ -57,8 +58,11 @@ class CycleGANModel(ColourGAN):
         disc = dict(
             ndf=o.ndf, n_layers_D=o.n_layers_D, norm=o.norm, init_type=o.init_type, init_gain=o.init_gain
         )
-        self.G_A = self.add_net("G_A", define_generator(o.netG, 1, self.codec.out_channels, **gen))
-        self.G_B = self.add_net("G_B", define_generator(o.netG, 3, 1, **gen))
+        space = o.color_space
+        self.G_A = self.add_net(
+            "G_A", define_generator(o.netG, 1, self.codec.out_channels, **gen, input_space=space)
+        )
+        self.G_B = self.add_net("G_B", define_generator(o.netG, 3, 1, **gen, input_space=space))
         self.D_A = self.add_net("D_A", define_discriminator(o.netD, 3, **disc))
         self.D_B = self.add_net("D_B", define_discriminator(o.netD, 1, **disc))
         self.add_optimizer("G", [self.G_A, self.G_B])
@@ -66,6 +70,9 @@ class CycleGANModel(ColourGAN):
         self.pool_A = ImagePool(o.pool_size)  # fake A images for D_B
         self.pool_B = ImagePool(o.pool_size)  # fake B images for D_A
         self.fuse = self.per_sample(o.norm)
+        # A pretrained encoder's batch norms in training mode would mix a fused batch.
+        self.fuse_g = self.fuse and o.encoder_bn == "frozen"
+        self.configure_encoders()
 
     def _g_a(self, a: torch.Tensor) -> torch.Tensor:
         return self.codec.assemble(a, self.G_A(a))
@@ -78,13 +85,14 @@ class CycleGANModel(ColourGAN):
         """net(x), net(y): one batch when normalisation is per-sample, else two passes."""
         if y is None:
             return net(x), None
-        if self.fuse:
+        if self.fuse_g:
             out = net(torch.cat([x, y]))
             return out[: x.shape[0]], out[x.shape[0] :]
         return net(x), net(y)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         o = self.opts
+        self.schedule_encoders()
         real_a, real_b = self.encode_batch(batch)
         self.check_size(real_a.shape[2], real_a.shape[3], self.G_A, [self.D_A, self.D_B])
         codec = self.codec

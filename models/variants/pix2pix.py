@@ -12,16 +12,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from models.base import ModelOptions
 from models.gan import ColourGAN, frozen
 from models.losses import GanMode
 from models.networks import define_discriminator, define_generator, known_generator
 from models.networks.layers import NormKind
+from models.pretrained import PretrainedEncoderOptions
 from models.registry import register_model
 
 
-class Pix2PixOptions(ModelOptions):
-    """Defaults = pytorch-CycleGAN-and-pix2pix `--model pix2pix`."""
+class Pix2PixOptions(PretrainedEncoderOptions):
+    """Defaults = pytorch-CycleGAN-and-pix2pix `--model pix2pix`; netG may also be a
+    pretrained-encoder U-Net (models.pretrained)."""
 
     netG: str = "unet_256"
     norm: NormKind = "batch"
@@ -46,7 +47,9 @@ class Pix2PixModel(ColourGAN):
         o = opts
         out_ch = self.codec.out_channels
         self.G = self.add_net(
-            "G", define_generator(o.netG, 1, out_ch, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain)
+            "G",
+            define_generator(o.netG, 1, out_ch, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain,
+                             input_space=o.color_space),
         )
         self.D = self.add_net(
             "D",
@@ -55,6 +58,7 @@ class Pix2PixModel(ColourGAN):
         self.add_optimizer("G", [self.G])
         self.add_optimizer("D", [self.D])
         self.fuse_d = self.per_sample(o.norm)
+        self.configure_encoders()
 
     def generate(self, a: torch.Tensor) -> torch.Tensor:
         self.check_size(a.shape[2], a.shape[3], self.G, [self.D])
@@ -62,6 +66,7 @@ class Pix2PixModel(ColourGAN):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         o = self.opts
+        self.schedule_encoders()
         real_a, real_b = self.encode_batch(batch)
         self.check_size(real_a.shape[2], real_a.shape[3], self.G, [self.D])
         update_g = self.updates_generator()

@@ -275,6 +275,79 @@ class ColouriseConfig(Strict):
     margin: int | None = Field(default=None, ge=0)  # context pixels; None: smallest that fits G
 
 
+# --------------------------------------------------------------------------- release
+Span = tuple[float, float]
+
+
+class FilmAugmentConfig(Strict):
+    """Film emulation as augmentation (pipeline/datasets/augment.py): each training sample
+    whose input is film-emulated draws every parameter uniformly from its [low, high]
+    range; each range must contain the `sample.film` value it varies."""
+
+    probability: float = Field(default=0.5, ge=0, le=1)  # share of samples with a film input
+    contrast: Span = (0.7, 2.0)
+    gamma: Span = (0.6, 1.1)
+    grain_sigma: Span = (0.0, 0.06)
+    grain_size_px: Span = (0.5, 1.5)
+    blur_sigma_px: Span = (0.0, 1.8)
+    vignette_strength: Span = (0.0, 0.45)
+    frame_size_m: Span = (800.0, 2500.0)
+    band_weight_jitter: float = Field(default=0.3, ge=0, lt=1)  # each band weight x U(1 - j, 1 + j)
+
+    @field_validator("contrast", "gamma", "grain_sigma", "grain_size_px", "blur_sigma_px",
+                     "vignette_strength", "frame_size_m")
+    @classmethod
+    def _ordered(cls, v: Span) -> Span:
+        if v[0] > v[1] or v[0] < 0:
+            raise ValueError(f"must be [low, high] with 0 <= low <= high, got {list(v)}")
+        return v
+
+
+class ReleaseDataConfig(Strict):
+    """The release model's training data: native-resolution crops of sample layers outside
+    the held-out area, with geometric and film augmentation."""
+
+    layers: list[str] = ["columbia_2010"]  # sample layers (folders of sample.data_dir) trained on
+    held_out: list[str] = ["erie_2011", "erie_2021"]  # layers whose whole footprints are never trained on
+    val_aoi: str = "columbia_fields"  # key of `aois`: the validation area, also kept out of training
+    guard_m: float = Field(default=60.0, ge=0)  # gap kept between training crops and those areas
+    crop_size: int = Field(default=256, ge=32)
+    val_crop_size: int = Field(default=256, ge=32)
+    max_val_crops: int = Field(default=48, ge=1)
+    rotate90: bool = True  # random multiples of 90 degrees (aerial views have no up)
+    flip: bool = True
+    film: FilmAugmentConfig = FilmAugmentConfig()
+
+    @model_validator(mode="after")
+    def _held_out_is_not_trained_on(self) -> ReleaseDataConfig:
+        both = sorted(set(self.layers) & set(self.held_out))
+        if both:
+            raise ValueError(f"layer(s) {', '.join(both)} are held out; remove them from `layers`")
+        if not self.layers:
+            raise ValueError("`layers` must name at least one sample layer")
+        return self
+
+
+class ReleaseConfig(Strict):
+    """The `release` stage (frozen: `make release` runs it): one model trained on
+    `data`, its weights, curves, metrics and model card committed under release/."""
+
+    model: str = "pix2pix"
+    # The model's options (validated by its typed options, like an ablation's keys).
+    options: dict[str, Any] = {}
+    data: ReleaseDataConfig = ReleaseDataConfig()
+    steps: int = Field(default=6000, ge=1)  # constant-LR iterations, then
+    decay_steps: int = Field(default=2000, ge=0)  # linear decay to 0
+    batch_size: int = Field(default=4, ge=1)
+    val_every: int = Field(default=250, ge=1)
+    select: Literal["best_val", "last"] = "best_val"  # weights kept: best validation ΔE2000 or the last
+    held_out_crops: int = Field(default=64, ge=1)  # crops per held-out layer scored at the end
+    seed: int = 0
+    threads: int | None = Field(default=None, ge=1)  # torch CPU threads (None: torch's default)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    max_weights_mb: float = Field(default=50.0, gt=0)  # model.pt must stay small enough for git
+
+
 # --------------------------------------------------------------------------- all
 class Params(Strict):
     sources: dict[str, SourceConfig]
@@ -289,6 +362,7 @@ class Params(Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     baselines: dict[str, BaselineConfig] = {}
     colourise: ColouriseConfig | None = None
+    release: ReleaseConfig | None = None
 
     @field_validator("fetch", "datasets", "ablations", "baselines", "aois", "sources")
     @classmethod
@@ -316,9 +390,23 @@ class Params(Strict):
         if self.colourise:
             _check_ref("colourise.ablation", self.colourise.ablation, self.ablations)
             _check_ref("colourise.store", self.colourise.store, self.fetch)
+        if self.release:
+            _check_ref("release.data.val_aoi", self.release.data.val_aoi, self.aois)
+            _check_film_ranges(self.release.data.film, self.sample.film)
         if self.ablations and self.train is None:
             raise ConfigError("params.yaml: `ablations` need a `train` section (presets and defaults)")
         return self
+
+
+def _check_film_ranges(ranges: FilmAugmentConfig, base: FilmConfig) -> None:
+    """Film augmentation varies the sample's film around its values: each range holds its value."""
+    for key in ("contrast", "gamma", "grain_sigma", "grain_size_px", "blur_sigma_px", "vignette_strength",
+                "frame_size_m"):
+        low, high = getattr(ranges, key)
+        value = getattr(base, key)
+        if not low <= value <= high:
+            raise ConfigError(f"params.yaml: `release.data.film.{key}`: [{low:g}, {high:g}] must contain "
+                              f"`sample.film.{key}` ({value:g}), the film it varies around")
 
 
 def _closest(name: str, candidates: Any) -> str | None:

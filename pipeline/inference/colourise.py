@@ -37,6 +37,11 @@ class ColouriseError(LuminescenceError):
 
 def size_multiple(net_g: str) -> int:
     """Input sizes the generator accepts must be multiples of this."""
+    from models.networks import PRETRAINED_GENERATORS
+    from models.networks.effnet_unet import EffNetUnetGenerator
+
+    if net_g in PRETRAINED_GENERATORS:
+        return EffNetUnetGenerator.size_multiple
     if net_g.startswith("unet_"):
         return int(net_g.split("_")[1])
     return 4  # ResNet generators: two stride-2 downsamplings
