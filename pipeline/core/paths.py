@@ -11,6 +11,7 @@ RUNS_DIR = Path("runs")  # train@<ablation>: <ablation>/
 METRICS_DIR = Path("metrics")  # evaluate@<ablation>, baseline@<name>: <name>.json
 REPORTS_DIR = Path("reports")  # report: summary.md, figures/; evaluate: samples/
 COLOURISED_DIR = Path("data/colourised")  # colourise: <store>.mbtiles and .tif
+RELEASE_DIR = Path("release")  # release (frozen): model.pt, options.json, curves, metrics, MODEL_CARD.md
 
 
 def store_path(fetch_key: str, tiles_dir: Path = TILES_DIR) -> Path:
