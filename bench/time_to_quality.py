@@ -137,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-crops", type=int, default=None, help="override release.data.max_val_crops")
     parser.add_argument("--reference", type=json.loads, default={"netG": "unet_256"},
                         help="pix2pix options of the from-scratch reference (JSON)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; on a loaded machine 1 avoids thrashing)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     params = load_params(args.params)
     if params.release is None:
         parser.error("params.yaml has no `release` section")

@@ -26,7 +26,7 @@ def test_every_stage_command_names_a_stage_module(dvc: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", ["film", "fetch", "align", "train", "evaluate", "baseline", "report",
-                                  "colourise"])
+                                  "colourise", "release"])
 def test_stage_deps_cover_every_module_the_stage_imports(dvc: dict[str, Any], name: str) -> None:
     stage = next(s for s in stages(dvc) if s.name == name)
     missing = uncovered_modules(ROOT, stage)

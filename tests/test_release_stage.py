@@ -1,0 +1,87 @@
+"""The frozen `release` stage end to end on tiny data, its generated model card, and dvc.yaml/Makefile."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from pipeline.core.paths import RELEASE_DIR
+from pipeline.results.release_card import bootstrap_interval, render_model_card, run_release
+from pipeline.training.checkpoint import load_model
+from tests.conftest import ROOT
+from tests.test_release_data import _params, tiny  # noqa: F401  (the tiny sample fixture)
+
+
+@pytest.fixture(scope="module")
+def released(tiny: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:  # noqa: F811
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    params = _params(tiny, max_val_crops=2)
+    release = params.release.model_copy(update={
+        "options": {"netG": "unet_effnet_lite1", "color_space": "lab", "ngf": 8, "ndf": 8,
+                    "encoder_warmup_iters": 2},
+        "batch_size": 1, "val_every": 2, "held_out_crops": 3, "steps": 3, "decay_steps": 1})
+    params = params.model_copy(update={"release": release})
+    out = tmp_path_factory.mktemp("release_out")
+    try:
+        return out, run_release(params, out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_stage_writes_every_output_from_one_run(released: tuple[Path, dict[str, Any]]) -> None:
+    out, record = released
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "curves.png", "curves.tsv",
+                                                     "metrics.json", "model.pt", "options.json"]
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(record))
+    train = record["train"]
+    assert train["steps"] == 4 and "curves" not in train  # the curves have their own file
+    rows = (out / "curves.tsv").read_text().splitlines()
+    assert rows[0].startswith("step\tseconds\tval_delta_e2000_clean\tval_delta_e2000_film") and len(rows) == 3
+    assert train["kept_step"] in (2, 4) and train["val"]["gray_delta_e2000_clean"] > 0
+    held = record["held_out"]["held_layer"]
+    assert held["windows"] == 3 and set(held) == {"windows", "window_px", "clean", "film"}
+    low, high = held["clean"]["difference_ci95"]
+    assert low <= held["clean"]["difference_mean"] <= high
+    model = load_model(out / "model.pt")  # what users load, e.g. `colourise --model release/model.pt`
+    assert model.opts.netG == "unet_effnet_lite1"
+    assert json.loads((out / "options.json").read_text())["kept_step"] == train["kept_step"]
+
+
+def test_the_model_card_numbers_come_from_the_record(released: tuple[Path, dict[str, Any]]) -> None:
+    out, record = released
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card == render_model_card(record)
+    held = record["held_out"]["held_layer"]["clean"]
+    assert f"{held['delta_e2000_mean']:.2f}" in card
+    assert f"{record['train']['val']['delta_e2000_clean']:.2f}" in card
+    assert "synthetic" in card.lower() and "NYSDOP" in card and "no CC licence" in card
+    changed = copy.deepcopy(record)
+    changed["held_out"]["held_layer"]["clean"]["delta_e2000_mean"] = 123.456
+    assert "123.46" in render_model_card(changed) and "123.46" not in card
+
+
+def test_bootstrap_interval_of_a_mean() -> None:
+    values = torch.arange(100, dtype=torch.float64).numpy()
+    low, high = bootstrap_interval(values, seed=1)
+    assert low < 49.5 < high and high - low < 25
+    assert bootstrap_interval(values * 0 + 3.0) == (3.0, 3.0)
+
+
+def test_dvc_release_stage_is_frozen_and_committed_to_git() -> None:
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["release"]
+    assert stage["frozen"] is True
+    outs = stage["outs"] + stage["metrics"] + stage["plots"]
+    paths = {next(iter(o)) for o in outs}
+    assert paths == {(RELEASE_DIR / f).as_posix() for f in ("model.pt", "options.json", "curves.png",
+                                                             "MODEL_CARD.md", "metrics.json", "curves.tsv")}
+    assert all(next(iter(o.values()))["cache"] is False for o in outs)  # in git, not only in DVC's cache
+    makefile = (ROOT / "Makefile").read_text()
+    assert "python -m pipeline.stages.release" in makefile and "dvc commit --force release" in makefile
+    assert "grep -vx release" in makefile  # `make repro` leaves the frozen stage alone
