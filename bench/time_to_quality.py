@@ -44,7 +44,7 @@ def _contenders(params: Params, reference: dict[str, Any]) -> dict[str, tuple[ty
     assert release is not None
     cls, options = release_options(release)
     ref_cls = get_model_class("pix2pix")
-    return {f"pretrained ({options.netG})": (cls, options),  # type: ignore[attr-defined]
+    return {f"pretrained ({options.netG})": (cls, options),
             f"pix2pix {reference.get('netG', 'unet_256')} from scratch":
                 (ref_cls, ref_cls.Options.model_validate(reference))}
 

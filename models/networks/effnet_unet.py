@@ -30,14 +30,14 @@ default `0,4,8,12,16` picks the input and four blocks spread over strides 4 to 1
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.colour import denormalise_lab, lab_to_rgb
-from models.networks.efficientnet_lite import STEM_CHANNELS, EfficientNetLite
+from models.networks.efficientnet_lite import STEM_CHANNELS, EfficientNetLite, MBConv
 from models.networks.layers import NormKind, conv_bias, norm_layer
 
 InputSpace = Literal["rgb", "lab"]
@@ -55,9 +55,12 @@ class LiteEncoder(nn.Module):
         self._bn0 = full._bn0
         self._blocks = full._blocks
         # The last block of each resolution: the features the decoder's skips take.
-        strides = [b.stride for b in self._blocks] + [2]
+        strides = [cast(MBConv, b).stride for b in self._blocks] + [2]
         self.taps = [i for i in range(len(self._blocks)) if strides[i + 1] == 2]
-        self.tap_channels = [self._blocks[i].channels_out for i in self.taps]  # type: ignore[union-attr]
+        self.tap_channels: list[int] = [self.block(i).channels_out for i in self.taps]
+
+    def block(self, i: int) -> MBConv:
+        return cast(MBConv, self._blocks[i])
 
     def load_from(self, full: EfficientNetLite) -> None:
         """Copy the stem and blocks of a (pretrained) full network."""
@@ -67,7 +70,7 @@ class LiteEncoder(nn.Module):
 
     def layer_channels(self) -> list[int]:
         """Channels of NCE layer i: 0 the input (3), 1 the stem, 1 + k block k."""
-        return [3, STEM_CHANNELS] + [b.channels_out for b in self._blocks]  # type: ignore[misc]
+        return [3, STEM_CHANNELS] + [self.block(i).channels_out for i in range(len(self._blocks))]
 
     def forward(self, x: torch.Tensor, layers: Sequence[int] = ()) -> tuple[list[torch.Tensor],
                                                                             list[torch.Tensor]]:
@@ -147,7 +150,8 @@ class EffNetUnetGenerator(nn.Module):
         self.encoder = LiteEncoder(variant)
         widths = [4 * ngf, 2 * ngf, ngf, max(1, ngf // 2), max(1, ngf // 2)]
         skips = [*self.encoder.tap_channels[-2::-1], in_channels]  # strides 16, 8, 4, 2, then 1
-        blocks, current = [], self.encoder.tap_channels[-1]
+        blocks: list[DecoderBlock] = []
+        current = self.encoder.tap_channels[-1]
         for level, (skip, width) in enumerate(zip(skips, widths, strict=True)):
             blocks.append(DecoderBlock(current, skip, width, norm, dropout and level < 2))
             current = width
