@@ -12,7 +12,7 @@ there or after `--max-steps`.
 
     python -m bench.time_to_quality                         # the full run (long: minutes to hours)
     python -m bench.time_to_quality --max-steps 4 --val-every 2 --crop-size 128 --val-crops 2 \\
-        --reference '{"netG": "unet_128"}' --out /tmp/ttq.md    # a check that it works
+        --reference '{"netG": "unet_128"}' --threads 1 --out "$(mktemp -d)/ttq.md"   # a check
 
 Writes a markdown table (default docs/benchmarks/time_to_quality.md) and a JSON beside it.
 """
