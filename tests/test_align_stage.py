@@ -13,9 +13,9 @@ from PIL import Image
 
 from pipeline.core.config import SplitConfig, parse_params
 from pipeline.datasets import build
-from pipeline.datasets.pairing import luma
 from pipeline.datasets.splits import GUARD, SplitPlan
 from pipeline.datasets.storage import SPLITS, open_split, read_info
+from pipeline.geo.pixels import luma
 from pipeline.geo.registration import estimate_offset
 from pipeline.geo.tiles import TileId
 from pipeline.geo.tilestore import TileRecord, TileStatus

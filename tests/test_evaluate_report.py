@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from pipeline.core.config import parse_params
-from pipeline.datasets.pairing import luma
 from pipeline.datasets.storage import DatasetInfo, write_info, write_split
+from pipeline.geo.pixels import luma
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857
 from tests.imagery import ERIE_Z18, cut_tiles, make_store, render_mosaic, to_records
 
@@ -164,8 +164,9 @@ def test_report_tables_conclusions_and_no_lingering_ablations(trained: Path,
 
 def test_colourise_is_georeferenced_and_uses_neighbour_context(trained: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.geo.pixels import GrayTiles
     from pipeline.geo.tilestore import TileStore
-    from pipeline.inference.colourise import GrayTiles, context_window
+    from pipeline.inference.colourise import context_window
     from pipeline.stages.colourise import main
 
     monkeypatch.chdir(trained)

@@ -24,8 +24,9 @@ import yaml
 from shapely.geometry import LineString, box
 
 from pipeline.core.config import HarvestConfig, SampleConfig, load_params
+from pipeline.geo.pixels import decode_tile
 from pipeline.geo.tilecache import SourceKey, TileCache
-from pipeline.geo.tilestore import TileStatus, TileStore, decode_tile
+from pipeline.geo.tilestore import TileStatus, TileStore
 from pipeline.server.bundled import serve_sample
 from pipeline.server.faults import FaultPlan
 from pipeline.server.httpd import WmtsServer

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.geo.pixels import TileRefused, decode_tile
 from pipeline.geo.tiles import TileId, tms_row
-from pipeline.geo.tilestore import (
-    StoreError,
-    TileRecord,
-    TileRefused,
-    TileStatus,
-    TileStore,
-    decode_tile,
-)
+from pipeline.geo.tilestore import StoreError, TileRecord, TileStatus, TileStore
 from tests.test_harvester import bomb_png, png_bytes, tile_png
 
 T1, T2, T3 = TileId(18, 75500, 96800), TileId(18, 75501, 96800), TileId(18, 75500, 96801)
@@ -115,7 +109,7 @@ def _encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     (Image.new("P", (256, 256), 0), False, True),
 ])
 def test_inspect_tile_agrees_with_rgba_decode(img: Image.Image, transparent: bool, single: bool) -> None:
-    from pipeline.geo.tilestore import inspect_tile
+    from pipeline.geo.pixels import inspect_tile
 
     for variant in (img, img.copy()):
         if variant is not img:  # break uniformity with one pixel
@@ -130,7 +124,7 @@ def test_inspect_tile_agrees_with_rgba_decode(img: Image.Image, transparent: boo
 
 
 def test_inspect_tile_honours_png_transparency_chunk() -> None:
-    from pipeline.geo.tilestore import inspect_tile
+    from pipeline.geo.pixels import inspect_tile
 
     # A palette PNG whose only colour is marked transparent (tRNS), like many "no data" tiles.
     img = Image.new("P", (256, 256), 0)

@@ -38,21 +38,13 @@ from tqdm import tqdm
 from pipeline.core.config import DatasetConfig, Params, lookup
 from pipeline.core.paths import DATASETS_DIR, TILES_DIR, store_path
 from pipeline.datasets.figures import OffsetPoint, contact_sheet_figure, offsets_figure, split_map_figure
-from pipeline.datasets.pairing import (
-    LUMA_FORMULAS,
-    InputReader,
-    PairingError,
-    TileGrid,
-    Undecodable,
-    grid_of,
-    luma,
-    nodata_fraction,
-)
+from pipeline.datasets.pairing import InputReader, PairingError, TileGrid, Undecodable, grid_of
 from pipeline.datasets.splits import GUARD, SplitPlan
 from pipeline.datasets.storage import SPLITS, DatasetInfo, atomic_write_bytes, write_info, write_split
+from pipeline.geo.pixels import LUMA_FORMULAS, decode_tile, luma, nodata_fraction
 from pipeline.geo.registration import Offset, estimate_offset
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_wgs84
-from pipeline.geo.tilestore import TileStatus, TileStore, decode_tile
+from pipeline.geo.tilestore import TileStatus, TileStore
 
 log = logging.getLogger(__name__)
 

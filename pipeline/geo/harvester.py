@@ -30,9 +30,10 @@ from requests.adapters import HTTPAdapter
 
 from pipeline.core.config import HarvestConfig
 from pipeline.core.errors import LuminescenceError
+from pipeline.geo.pixels import TileRefused, TileSummary, inspect_tile
 from pipeline.geo.tilecache import SourceKey, TileCache
 from pipeline.geo.tiles import TileId, union_bounds_wgs84
-from pipeline.geo.tilestore import TileRecord, TileRefused, TileStatus, TileStore, TileSummary, inspect_tile
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
 from pipeline.geo.wmts_client import (
     ServiceUnreachableError,
     TileSource,

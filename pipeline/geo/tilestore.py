@@ -10,7 +10,6 @@ the store with everything committed before, and `complete` in the metadata stays
 
 from __future__ import annotations
 
-import io
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
-from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, tms_row
+from pipeline.geo.pixels import decode_tile
+from pipeline.geo.tiles import TileId, tile_bounds_3857, tms_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS metadata (name TEXT PRIMARY KEY, value TEXT);
@@ -34,9 +34,6 @@ CREATE TABLE IF NOT EXISTS tile_status (
     reason TEXT NOT NULL DEFAULT '', nbytes INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,
     PRIMARY KEY (zoom_level, tile_column, tile_row));
 """
-
-# Largest decoded tile we accept: guards against decompression bombs in untrusted tiles.
-MAX_TILE_PIXELS = 4096 * 4096
 
 
 class TileStatus(StrEnum):
@@ -212,74 +209,3 @@ class TileStore:
                            alpha="YES") as dst:
             dst.write(np.moveaxis(rgba, -1, 0))
         return path
-
-
-class TileRefused(ValueError):
-    """A tile that decodes but must not be used (decompression bomb, wrong size): retrying won't help."""
-
-
-def _open_checked(data: bytes, expected_size: int | None):  # -> PIL.Image.Image, loaded
-    """Open and fully decode untrusted bytes, refusing bombs and wrong sizes before decoding."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            # PIL only warns between MAX_IMAGE_PIXELS and twice that; our own guard decides.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if w * h > MAX_TILE_PIXELS:
-            raise TileRefused(f"image of {w}x{h} pixels refused (decompression bomb guard)")
-        if expected_size is not None and (w, h) != (expected_size, expected_size):
-            raise TileRefused(f"image is {w}x{h}, expected {expected_size}x{expected_size}")
-        img.load()  # decodes everything: truncated or corrupt data fails here
-    except ValueError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise TileRefused(f"image refused (decompression bomb guard: {exc})") from None
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
-    return img
-
-
-def decode_tile(data: bytes, expected_size: int | None = TILE_SIZE) -> np.ndarray:
-    """Decode untrusted tile bytes to (H, W, 4) uint8 RGBA, refusing decompression bombs.
-
-    Raises ValueError with a short reason when the bytes are not a usable image
-    (`TileRefused`, a ValueError, when the image is a bomb or has the wrong size).
-    """
-    with _open_checked(data, expected_size) as img:
-        return np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
-
-
-@dataclass(frozen=True)
-class TileSummary:
-    """What a harvester needs to know about a tile without converting its pixels."""
-
-    width: int
-    height: int
-    mode: str
-    transparent: bool  # every pixel fully transparent
-    single_colour: tuple[int, ...] | None  # the colour (in `mode` bands) when all pixels are equal
-
-
-def inspect_tile(data: bytes, expected_size: int | None = TILE_SIZE) -> TileSummary:
-    """Decode untrusted bytes (same guards as decode_tile) and summarise them without an RGBA copy.
-
-    `getcolors(1)` gives up at the second distinct colour, and the alpha band's extrema are
-    computed in C: together several times faster than building an RGBA array, which matters
-    when checking hundreds of tiles per second.
-    """
-    with _open_checked(data, expected_size) as img:
-        w, h = img.size
-        mode = img.mode
-        if mode not in ("RGBA", "LA", "RGB", "L") or "transparency" in img.info:
-            img = img.convert("RGBA")  # palettes, tRNS chunks, 16-bit, 1-bit: normalise
-        colours = img.getcolors(1)  # None as soon as a second colour turns up
-        single = colours[0][1] if colours else None
-        if single is not None and not isinstance(single, tuple):
-            single = (single,)
-        transparent = "A" in img.getbands() and img.getchannel("A").getextrema()[1] == 0
-    return TileSummary(w, h, mode, transparent, tuple(int(v) for v in single) if single is not None else None)

@@ -16,7 +16,6 @@ z/x/y, so the GeoTIFF mosaic carries EPSG:3857 and the exact tile bounds.
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.geo.pixels import GrayTiles, to_gray
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, union_bounds_wgs84
-from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, decode_tile
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
 
 MIN_MARGIN = 32
 
@@ -48,37 +48,6 @@ def context_margin(multiple: int, min_margin: int = MIN_MARGIN) -> int:
     while (TILE_SIZE + 2 * margin) % multiple:
         margin += 1
     return margin
-
-
-class GrayTiles:
-    """Gray + alpha of the source tiles, decoded once and kept in a small LRU cache."""
-
-    def __init__(self, store: TileStore, luma: str, cache_tiles: int = 256) -> None:
-        from pipeline.datasets.pairing import to_gray
-
-        self._to_gray = to_gray
-        self.store = store
-        self.luma = luma
-        self.colour_tiles = 0
-        self._cache: OrderedDict[TileId, np.ndarray | None] = OrderedDict()
-        self._size = cache_tiles
-
-    def get(self, tile: TileId) -> np.ndarray | None:
-        """(256, 256, 2) uint8 gray + alpha, or None where there is no tile."""
-        if tile in self._cache:
-            self._cache.move_to_end(tile)
-            return self._cache[tile]
-        data = self.store.get(tile)
-        out = None
-        if data is not None:
-            rgba = decode_tile(data)
-            gray, colour = self._to_gray(rgba, self.luma)
-            self.colour_tiles += int(colour)
-            out = np.stack([gray, rgba[..., 3]], axis=-1)
-        self._cache[tile] = out
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
-        return out
 
 
 def context_window(tiles: GrayTiles, tile: TileId, margin: int) -> np.ndarray:
@@ -150,7 +119,7 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
                 records.append(TileRecord(t, TileStatus.OK, png_rgba(pixels, alpha)))
             out.put_many(records)  # one transaction per batch: a killed run keeps what it wrote
             bar.update(len(batch))
-    return ColouriseReport(tiles=len(todo), colour_input_tiles=gray_tiles.colour_tiles, margin=margin,
+    return ColouriseReport(tiles=len(todo), colour_input_tiles=len(gray_tiles.colour_tiles), margin=margin,
                            seconds=time.perf_counter() - start)
 
 
@@ -195,8 +164,6 @@ def write_geotiff(store: TileStore, path: Path) -> Path:
 def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, max_px: int = 900) -> Path:
     """A PNG: the gray input beside its colourisation, downsampled."""
     from PIL import Image
-
-    from pipeline.datasets.pairing import to_gray
 
     src, _ = mosaic(source)
     col, _ = mosaic(out)

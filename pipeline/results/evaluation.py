@@ -82,8 +82,9 @@ def layer_predictions(store_path: Path, tiles: list[tuple[int, int, int]]
 
     Rows whose tile is missing, empty or has transparent pixels are left out of scoring.
     """
+    from pipeline.geo.pixels import decode_tile
     from pipeline.geo.tiles import TileId
-    from pipeline.geo.tilestore import TileStore, decode_tile
+    from pipeline.geo.tilestore import TileStore
 
     if not store_path.exists():
         raise EvaluateError(f"baseline layer store {store_path} is missing; run its fetch stage "
