@@ -455,14 +455,6 @@ def ows_exception_text(root) -> str | None:
     return " ".join(texts).strip() or _local(root.tag)
 
 
-def exception_code(root) -> str | None:
-    for el in root.iter():
-        code = el.get("exceptionCode") or el.get("code")
-        if code:
-            return code
-    return None
-
-
 _TAG = re.compile(r"<[^>]+>")
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
 
