@@ -24,13 +24,14 @@ import yaml
 from shapely.geometry import LineString, box
 
 from pipeline.core.config import HarvestConfig, SampleConfig, load_params
+from pipeline.geo.harvest_plan import harvest_aoi, wmts_target
 from pipeline.geo.pixels import decode_tile
 from pipeline.geo.tilecache import SourceKey, TileCache
 from pipeline.geo.tilestore import TileStatus, TileStore
 from pipeline.server.bundled import serve_sample
 from pipeline.server.faults import FaultPlan
 from pipeline.server.httpd import WmtsServer
-from pipeline.stages.fetch import main, run, wmts_target
+from pipeline.stages.fetch import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = "erie_2021"
@@ -91,7 +92,8 @@ def test_fault_injection_gives_identical_store(sample_cfg: SampleConfig, aoi: Pa
     clean_cfg = HarvestConfig(concurrency=4, requests_per_second=None, cache_dir=str(tmp_path / "c0"))
     with wmts(sample_cfg) as server:
         target = wmts_target(server.capabilities_url, LAYER, ZOOM, clean_cfg)
-        run(target, region, ZOOM, tmp_path / "clean.mbtiles", clean_cfg, label="clean", progress=False)
+        harvest_aoi(target, region, ZOOM, tmp_path / "clean.mbtiles", clean_cfg, label="clean",
+                    progress=False)
         clean_requests = server.total_tile_requests
 
     faults = FaultPlan(error_rate=0.25, throttle_rate=0.1, unavailable_rate=0.05, truncate_rate=0.1,
@@ -102,8 +104,8 @@ def test_fault_injection_gives_identical_store(sample_cfg: SampleConfig, aoi: Pa
                                backoff_max_s=0.05, read_timeout_s=1.0, cache_dir=str(tmp_path / "c1"))
     with wmts(sample_cfg, faults) as server:
         target = wmts_target(server.capabilities_url, LAYER, ZOOM, faulty_cfg)
-        report = run(target, region, ZOOM, tmp_path / "faulty.mbtiles", faulty_cfg, label="faulty",
-                     progress=False)
+        report = harvest_aoi(target, region, ZOOM, tmp_path / "faulty.mbtiles", faulty_cfg, label="faulty",
+                             progress=False)
         counts = server.tile_requests()
     n = report.total
     assert 20 <= n <= 60 and clean_requests == n
@@ -370,11 +372,24 @@ def test_kvp_gettile_against_the_server_matches_rest(sample_cfg: SampleConfig, a
 
 
 def test_sample_cache_key_is_stable_and_follows_the_sample_config() -> None:
-    from pipeline.stages.fetch import sample_service_key
+    from pipeline.server.bundled import sample_service_key
 
     params = load_params(ROOT / "params.yaml")
     film = params.sample.film.model_copy(update={"seed": params.sample.film.seed + 1})
     changed = params.model_copy(update={"sample": params.sample.model_copy(update={"film": film})})
-    assert sample_service_key(params) == sample_service_key(load_params(ROOT / "params.yaml"))
-    assert sample_service_key(params) != sample_service_key(changed)
-    assert sample_service_key(params).startswith("sample:")
+    key = sample_service_key(params.sample)
+    assert key == sample_service_key(load_params(ROOT / "params.yaml").sample)
+    assert key != sample_service_key(changed.sample)
+    assert key.startswith("sample:")
+
+
+def test_sample_cache_key_follows_the_code_that_renders_tiles(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.server import bundled, rendering
+
+    sample = load_params(ROOT / "params.yaml").sample
+    key = bundled.sample_service_key(sample)
+    edited = tmp_path / "rendering.py"
+    edited.write_bytes(Path(rendering.__file__).read_bytes() + b"# a change to the renderer\n")
+    monkeypatch.setattr(rendering, "__file__", str(edited))
+    assert bundled.sample_service_key(sample) != key

@@ -12,7 +12,7 @@
    AOI (true distances near the AOI; EPSG:3857 would be off by 1/cos(latitude));
 6. reproject to EPSG:3857 and check every coordinate is finite.
 
-CLI: `python -m pipeline.geo.aoi info FILE [--zoom Z ...] [--buffer-m M]`.
+`describe_aoi` gives the lines of `python -m pipeline.stages.aoi info FILE [--zoom Z ...]`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from shapely.geometry.polygon import orient
 
 from pipeline.core.config import AoiConfig
 from pipeline.core.errors import LuminescenceError
+from pipeline.geo.tiles import tile_cover_count
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,29 @@ def load_aoi(cfg: AoiConfig, name: str) -> Aoi:
                         feature=cfg.feature, name=name)
     except AoiError as exc:
         raise AoiError(f"params.yaml `aois.{name}`: {exc}") from None
+
+
+def describe_aoi(aoi: Aoi, zooms: Sequence[int]) -> list[str]:
+    """Lines describing an AOI already read: its file, CRS, features, parts, area, bounds and
+    the number of web-mercator tiles covering it at each of `zooms`."""
+    frame = _read_frame(Path(aoi.path))
+    crs_name = frame.crs.name if frame.crs is not None else "unknown"
+    w, s, e, n = aoi.bounds_wgs84
+    fields = ", ".join(str(c) for c in frame.columns if c != frame.geometry.name) or "none"
+    types = ", ".join(f"{count} {kind}" for kind, count in
+                      sorted(frame.geometry.geom_type.value_counts().items()))
+    parts = _polygons(aoi.geometry_3857)
+    lines = [
+        f"file      {aoi.path}",
+        f"crs       {aoi.source_crs} ({crs_name})",
+        f"features  {len(frame)}: {types} (fields: {fields})",
+        f"aoi       {aoi.name}: {aoi.geometry_3857.geom_type}, {len(parts)} part(s), "
+        f"{sum(len(p.interiors) for p in parts)} hole(s)",
+        f"area      {aoi.area_km2:.3f} km2 (geodesic)",
+        f"bounds    W {w:.6f}  S {s:.6f}  E {e:.6f}  N {n:.6f} (WGS84 degrees)",
+    ]
+    lines += [f"tiles z{z:<3d} {tile_cover_count(aoi.geometry_3857, z)}" for z in zooms]
+    return lines
 
 
 def _check_finite(geometry_3857: BaseGeometry, path: Path, crs: CRS) -> None:

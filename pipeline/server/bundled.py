@@ -1,11 +1,14 @@
 """The bundled sample as WMTS layers: the NYSDOP colour orthophotos and the SYNTHETIC film layer.
 
 `serve_sample` serves them on 127.0.0.1 for the duration of a block (what the fetch stage
-harvests, and `python -m pipeline.stages.serve` shows).
+harvests, and `python -m pipeline.stages.serve` shows); `sample_service_key` is the cache
+identity of what it serves, since its URL (an ephemeral port) changes on every run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,7 +17,10 @@ from pathlib import Path
 import rasterio
 
 from pipeline.core.config import SampleConfig
+from pipeline.sample import film as film_module
 from pipeline.sample.film import SYNTHETIC_NOTE, build_film_layer, raster_files
+from pipeline.server import layers as layers_module
+from pipeline.server import rendering as rendering_module
 from pipeline.server.errors import ServerError
 from pipeline.server.faults import FaultPlan
 from pipeline.server.httpd import WmtsServer
@@ -81,3 +87,21 @@ def serve_sample(sample: SampleConfig, faults: FaultPlan | None = None, *, port:
         server.prepare(None if prepare is True else list(prepare))
     with server:
         yield server
+
+
+def sample_service_key(sample: SampleConfig) -> str:
+    """A stable cache identity for the bundled sample (the server's port changes every run).
+
+    It hashes what the served tiles depend on: the sample config (film emulation included), the
+    sample files (names and sizes) and the code that makes the tiles (this module's layer
+    definitions, layer inspection, rendering and the film emulation), so changing any of them
+    never reuses stale cached tiles, while an unchanged sample keeps its key and its cache.
+    """
+    h = hashlib.sha256(json.dumps(sample.model_dump(mode="json"), sort_keys=True).encode())
+    data_dir = Path(sample.data_dir)
+    if data_dir.is_dir():
+        for f in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(data_dir).as_posix()}:{f.stat().st_size};".encode())
+    for module in (__file__, layers_module.__file__, rendering_module.__file__, film_module.__file__):
+        h.update(Path(module).read_bytes())
+    return f"sample:{h.hexdigest()[:16]}"
