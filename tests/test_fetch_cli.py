@@ -123,6 +123,36 @@ def test_fault_injection_gives_identical_store(sample_cfg: SampleConfig, aoi: Pa
         assert store.complete
 
 
+def test_unchanged_harvest_gives_a_byte_identical_store(sample_cfg: SampleConfig, aoi: Path,
+                                                        tmp_path: Path) -> None:
+    """The same harvest three ways (one worker; four workers with faults reordering the answers;
+    all from the tile cache) gives the same file, byte for byte: DVC sees an unchanged output."""
+    from pipeline.geo.aoi import read_aoi
+
+    region = read_aoi(aoi)
+    fast = {"requests_per_second": None, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retries": 6}
+    faults = FaultPlan(error_rate=0.3, throttle_rate=0.1, truncate_rate=0.1, faults_per_tile=2, seed=11)
+    runs = [(HarvestConfig(concurrency=1, cache_dir=str(tmp_path / "c1"), **fast), None),
+            (HarvestConfig(concurrency=4, cache_dir=str(tmp_path / "c2"), **fast), faults),
+            (HarvestConfig(concurrency=2, cache_dir=str(tmp_path / "c1"), **fast), None)]
+    outputs = []
+    for i, (cfg, plan) in enumerate(runs):
+        with wmts(sample_cfg, plan) as server:
+            target = wmts_target(server.capabilities_url, LAYER, ZOOM, cfg, service_key="sample:test")
+            report = harvest_aoi(target, region, ZOOM, tmp_path / f"{i}.mbtiles", cfg, label="same",
+                                 progress=False)
+            requests = server.total_tile_requests
+        assert report.failed == 0
+        outputs.append((tmp_path / f"{i}.mbtiles").read_bytes())
+        if i == 1:
+            assert requests > report.total  # the faults did happen (and were retried)
+        if i == 2:
+            assert requests == 0 and report.cached == report.total - report.empty
+    assert outputs[0] == outputs[1] == outputs[2]
+    with TileStore(tmp_path / "0.mbtiles", readonly=True) as store:
+        assert store.complete and store.counts()[TileStatus.OK] > 0
+
+
 # --------------------------------------------------------------------------- SIGKILL and resume
 def test_sigkill_then_resume_fetches_only_missing(sample_cfg: SampleConfig, aoi: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:

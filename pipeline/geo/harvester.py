@@ -33,7 +33,7 @@ from pipeline.core.errors import LuminescenceError
 from pipeline.geo.pixels import TileRefused, TileSummary, inspect_tile
 from pipeline.geo.tilecache import SourceKey, TileCache
 from pipeline.geo.tiles import TileId, union_bounds_wgs84
-from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, write_canonical
 from pipeline.geo.wmts_client import (
     ServiceUnreachableError,
     TileSource,
@@ -596,7 +596,8 @@ def harvest_to_store(source: TileSource, tiles: Sequence[TileId], store_path: st
     """Harvest into an MBTiles store (resuming it), then mark it complete or raise.
 
     The store says complete=false until every tile is recorded and failures are within
-    `cfg.max_failed_fraction`; then complete=true.
+    `cfg.max_failed_fraction`; then complete=true, and it is rewritten in canonical form, so an
+    unchanged harvest gives a byte-identical file.
     """
     if not tiles:
         raise LuminescenceError(f"{label}: the AOI covers no tiles")
@@ -626,6 +627,7 @@ def harvest_to_store(source: TileSource, tiles: Sequence[TileId], store_path: st
                 f"harvest.max_failed_fraction {cfg.max_failed_fraction:g}): {shown}"
                 f"{'; …' if len(failed) > 5 else ''}; the store is kept incomplete and re-running "
                 f"retries only the failed tiles")
-        store.set_metadata({"harvested_at": datetime.now(UTC).isoformat(timespec="seconds")})
         store.mark_complete(True)
+    # Same tiles, same bytes: no harvest time, rows in key order (see tilestore.write_canonical).
+    write_canonical(store_path)
     return report

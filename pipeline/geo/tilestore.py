@@ -6,16 +6,21 @@ as ok / empty / failed with a reason, so a store says what it does not contain a
 why. Every write is one SQLite transaction: a process killed at any moment leaves
 the store with everything committed before, and `complete` in the metadata stays
 "false" until the harvest has finished, so a partial store never looks complete.
+
+A finished store is rewritten by `write_canonical`, so the same tiles always give the same file
+bytes, whatever order concurrent workers stored them in (DVC then sees an unchanged output).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -209,3 +214,51 @@ class TileStore:
                            alpha="YES") as dst:
             dst.write(np.moveaxis(rgba, -1, 0))
         return path
+
+
+# Rows of the canonical form, in key order. Per-tile times are when a worker happened to store
+# the tile: a finished store keeps none ('' in the NOT NULL column), so equal content is equal bytes.
+_CANONICAL_COPY = (
+    "INSERT INTO main.metadata (name, value) SELECT name, value FROM src.metadata ORDER BY name",
+    "INSERT INTO main.tiles (zoom_level, tile_column, tile_row, tile_data) "
+    "SELECT zoom_level, tile_column, tile_row, tile_data FROM src.tiles "
+    "ORDER BY zoom_level, tile_column, tile_row",
+    "INSERT INTO main.tile_status (zoom_level, tile_column, tile_row, status, reason, nbytes, updated_at) "
+    "SELECT zoom_level, tile_column, tile_row, status, reason, nbytes, '' FROM src.tile_status "
+    "ORDER BY zoom_level, tile_column, tile_row",
+)
+
+
+def _uri(path: Path, mode: str) -> str:
+    return f"file:{quote(str(path.resolve()))}?mode={mode}"
+
+
+def write_canonical(path: str | Path) -> None:
+    """Rewrite a closed store so that its bytes depend only on its content.
+
+    An SQLite file also records its history: rows in insertion order (which concurrent
+    harvesting shuffles), free pages, change counters. The copy is built in a fresh file next
+    to the store by one fixed sequence of statements, metadata by name and tiles in (zoom,
+    column, row) order, then replaces the store with os.replace: a crash leaves the old store
+    or the new one, never a mix.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.canonical.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a crash during an earlier rewrite
+    try:
+        db = sqlite3.connect(_uri(tmp, "rwc"), uri=True, isolation_level=None)
+        try:
+            db.executescript(SCHEMA)
+            db.execute("ATTACH DATABASE ? AS src", (_uri(path, "ro"),))
+            db.execute("BEGIN")
+            for statement in _CANONICAL_COPY:
+                db.execute(statement)
+            db.execute("COMMIT")
+            db.execute("DETACH DATABASE src")
+        finally:
+            db.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
