@@ -146,13 +146,22 @@ class Capabilities:
 
 # --------------------------------------------------------------------------- tile sources
 class TileSource(Protocol):
-    """Anything the harvester can fetch tiles from."""
+    """Anything the harvester can fetch tiles from (read-only: sources are frozen dataclasses)."""
 
-    service_url: str
-    layer_id: str
-    matrix_set: str
-    format: str  # MIME type
-    tile_size: int
+    @property
+    def service_url(self) -> str: ...
+
+    @property
+    def layer_id(self) -> str: ...
+
+    @property
+    def matrix_set(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...  # MIME type
+
+    @property
+    def tile_size(self) -> int: ...
 
     def url(self, tile: TileId) -> str: ...
 
@@ -489,6 +498,14 @@ def _shorten(text: str, limit: int) -> str:
 
 
 # --------------------------------------------------------------------------- parsing
+def _wgs84_box(bounds: object) -> tuple[float, float, float, float] | None:
+    """(west, south, east, north) from OWSLib's boundingBoxWGS84; None when absent or not 4 values."""
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 4:
+        return None
+    w, s, e, n = (float(v) for v in bounds)
+    return (w, s, e, n)
+
+
 def parse_capabilities(data: bytes, url: str) -> Capabilities:
     """Safe parse: defusedxml check first, then OWSLib, then copy into plain dataclasses."""
     root = safe_xml_root(data, url)
@@ -570,7 +587,7 @@ def _layer_info(cm, matrix_sets: dict[str, dict[str, TileMatrix]], crs: dict[str
         keywords=tuple(k.strip() for k in cm.keywords if k and k.strip()),
         formats=tuple(f.strip() for f in cm.formats if f),
         matrix_sets=sets,
-        bounds_wgs84=tuple(float(v) for v in bounds) if bounds else None,
+        bounds_wgs84=_wgs84_box(bounds),
         resource_urls=tuple(ResourceUrl(r["format"], r["resourceType"], r["template"])
                             for r in cm.resourceURLs),
         styles=styles,

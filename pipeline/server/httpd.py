@@ -147,7 +147,7 @@ class WmtsServer:
         self._httpd = httpd
         self.service.open()
         host, port = httpd.server_address[:2]
-        self.service.bind(f"http://{host}:{port}")
+        self.service.bind(f"http://{host if isinstance(host, str) else host.decode()}:{port}")
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="wmts-server", daemon=True)
         self._thread.start()

@@ -214,6 +214,7 @@ class TileRenderer:
                 if not intersects(bounds, group.bounds_3857):
                     continue
                 level, resampling = _pick_level(group, tile_m * group.src_per_3857_m)
+                assert group.cached is not None  # prepare() has cached every group
                 ds = reader.dataset(group.cached, level)
                 buf = np.zeros((n + 1, TILE_SIZE, TILE_SIZE), np.uint8)
                 reproject(rasterio.band(ds, list(range(1, n + 2))), buf, dst_transform=dst_transform,
