@@ -13,6 +13,7 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -146,13 +147,23 @@ class Capabilities:
 
 # --------------------------------------------------------------------------- tile sources
 class TileSource(Protocol):
-    """Anything the harvester can fetch tiles from."""
+    """Anything the harvester can fetch tiles from. The members are read-only: a source may
+    hold them as (frozen) fields or compute them as properties."""
 
-    service_url: str
-    layer_id: str
-    matrix_set: str
-    format: str  # MIME type
-    tile_size: int
+    @property
+    def service_url(self) -> str: ...
+
+    @property
+    def layer_id(self) -> str: ...
+
+    @property
+    def matrix_set(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...  # MIME type
+
+    @property
+    def tile_size(self) -> int: ...
 
     def url(self, tile: TileId) -> str: ...
 
@@ -578,13 +589,19 @@ def _layer_info(cm, matrix_sets: dict[str, dict[str, TileMatrix]], crs: dict[str
         keywords=tuple(k.strip() for k in cm.keywords if k and k.strip()),
         formats=tuple(f.strip() for f in cm.formats if f),
         matrix_sets=sets,
-        bounds_wgs84=tuple(float(v) for v in bounds) if bounds else None,
+        bounds_wgs84=_wgs84_box(bounds) if bounds else None,
         resource_urls=tuple(ResourceUrl(r["format"], r["resourceType"], r["template"])
                             for r in cm.resourceURLs),
         styles=styles,
         default_style=default_style,
         dimensions={name: (d.get("default") or d["values"][0]) for name, d in cm.dimensions.items()},
     )
+
+
+def _wgs84_box(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """OWSLib's boundingBoxWGS84 (W, S, E, N) as floats."""
+    west, south, east, north = (float(v) for v in values)
+    return west, south, east, north
 
 
 def _kvp_url(wmts) -> str | None:

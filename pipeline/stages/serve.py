@@ -13,18 +13,19 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, get_type_hints
 
 from pipeline.core.config import PARAMS_FILE, load_params
 from pipeline.core.errors import LuminescenceError, cli_entry
 from pipeline.server.wmts import MATRIX_SET, FaultPlan, serve_sample
 
-_FAULT_FIELDS = {f.name for f in dataclasses.fields(FaultPlan)}
-_INT_FIELDS = ("faults_per_tile", "seed", "retry_after_s")
+# FaultPlan's field -> its type (int or float), which parses the value given for it
+_FAULT_FIELDS = {f.name: get_type_hints(FaultPlan)[f.name] for f in dataclasses.fields(FaultPlan)}
 
 
 def parse_faults(text: str) -> FaultPlan:
     """'error=0.1,throttle=0.05,latency_s=0.05,seed=3' -> FaultPlan (`_rate` may be left off)."""
-    values: dict[str, float | int] = {}
+    values: dict[str, Any] = {}  # keyword arguments named on the command line; FaultPlan checks them
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -33,7 +34,7 @@ def parse_faults(text: str) -> FaultPlan:
             known = ", ".join(sorted(_FAULT_FIELDS))
             raise LuminescenceError(f"--faults: '{item}' is not NAME=VALUE with NAME among {known}")
         try:
-            values[name] = int(value) if name in _INT_FIELDS else float(value)
+            values[name] = _FAULT_FIELDS[name](value)
         except ValueError:
             raise LuminescenceError(f"--faults: '{item}': {value!r} is not a number") from None
     return FaultPlan(**values)

@@ -97,7 +97,7 @@ def weights_digest(nets: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- RNG state
 def capture_rng(device: torch.device) -> dict[str, Any]:
     """Every global generator's state, as tensors and plain types (weights_only-safe)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -246,8 +246,9 @@ def _load_safely(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def _first_line(detail: BaseException | str) -> str:
+    """One short line of an error or its message (the exception's type when it has none)."""
+    text = " ".join(str(detail).split()) or type(detail).__name__
     return text if len(text) <= 90 else text[:87] + "..."
 
 

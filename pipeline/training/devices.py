@@ -133,7 +133,7 @@ def init_distributed(info: Distributed, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     # Rank 0 validates alone while the others wait at their next all-reduce.
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=60),
-                            **({"device_id": device} if device.type == "cuda" else {}))
+                            device_id=device if device.type == "cuda" else None)
 
 
 def shutdown_distributed() -> None:
