@@ -28,8 +28,8 @@ from pipeline.geo.tilecache import SourceKey, TileCache
 from pipeline.geo.tilestore import TileStatus, TileStore, decode_tile
 from pipeline.server.wmts import FaultPlan, WmtsServer, serve_sample
 from pipeline.stages.fetch import main, run, wmts_target
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LAYER = "erie_2021"
 ZOOM = 18
 # About 30 z18 tiles inside erie_2021 (footprint -78.93728 42.59040 -78.91493 42.60144).
