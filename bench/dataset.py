@@ -39,7 +39,7 @@ from pipeline.datasets.batches import PairBatches
 from pipeline.datasets.pairing import luma
 from pipeline.datasets.storage import open_split
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
-from pipeline.stages.align import build_dataset
+from pipeline.datasets.build import build_dataset
 from tests.imagery import cut_tiles, make_store, png_bytes, render_mosaic
 
 ZOOM = 20

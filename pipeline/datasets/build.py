@@ -1,4 +1,4 @@
-"""The align stage: `python -m pipeline.stages.align DATASET` builds data/datasets/<DATASET>/.
+"""The align stage (`luminescence align DATASET`): builds data/datasets/<DATASET>/.
 
 For the dataset's entry in params.yaml `datasets:` it reads the target (modern colour) tile
 store and, for input `historic`, the historic store; pairs tiles on the target's grid

@@ -142,7 +142,7 @@ class Capabilities:
         raise LayerRequestError(
             f"layer '{layer_id}' is not offered by {self.url}{suggestion} "
             f"(it has {len(self.layers)} layers; list them with "
-            f"`python -m pipeline.stages.fetch list-layers {self.url}`)")
+            f"`luminescence fetch list-layers {self.url}`)")
 
 
 # --------------------------------------------------------------------------- tile sources

@@ -16,7 +16,7 @@ from pipeline.geo.tiles import tile_cover_count
 # --------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.geo.aoi", description="Inspect areas of interest (AOI files).")
+        prog="luminescence aoi", description="Inspect areas of interest (AOI files).")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser(
         "info", help="CRS, features, area, WGS84 bounds and tile counts of an AOI file",
