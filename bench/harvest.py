@@ -30,6 +30,7 @@ from pathlib import Path
 
 import requests
 
+from bench.timing import cpu_model
 from pipeline.core.config import HarvestConfig, load_params
 from pipeline.geo.harvester import harvest_to_store
 from pipeline.geo.tiles import TileId
@@ -133,14 +134,7 @@ def run_harvester(name: str, source: WmtsSource, tiles: list[TileId], cfg: Harve
 
 # --------------------------------------------------------------------------- report
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model(default="unknown CPU")
     return f"{os.cpu_count()} CPUs (nproc), {model}; Python {platform.python_version()}, {platform.system()}"
 
 

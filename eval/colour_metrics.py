@@ -110,8 +110,8 @@ def delta_e2000(outputs: np.ndarray, targets: np.ndarray, *, chunk: int = 16) ->
     parts = []
     for start in range(0, outputs.shape[0], chunk):
         stop = start + chunk
-        values = _ciede2000(_lab_of(outputs[start:stop]), _lab_of(targets[start:stop]))
-        parts.append(values.to(torch.float32).ravel().numpy())
+        chunk_values = _ciede2000(_lab_of(outputs[start:stop]), _lab_of(targets[start:stop]))
+        parts.append(chunk_values.to(torch.float32).ravel().numpy())
     values = np.concatenate(parts)
     return float(values.mean(dtype=np.float64)), float(np.median(values))
 

@@ -27,9 +27,18 @@ PoolKind = Literal["avg", "max"]
 class BasicConv2d(nn.Module):
     """Convolution without bias, batch norm (TensorFlow's eps 1e-3), ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, **conv: object) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv)  # type: ignore[arg-type]
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

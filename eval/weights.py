@@ -17,20 +17,17 @@ left out of the results.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import atomic_write_bytes, sha256_of_file
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +53,6 @@ class FoundWeights:
 
 
 # --------------------------------------------------------------------------- hashing
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_sha256(path: Path) -> str:
     """sha256 of `path`, cached in `<path>.sha256.json` keyed by size and mtime.
 
@@ -83,22 +72,10 @@ def cached_sha256(path: Path) -> str:
         pass
     sha = sha256_of_file(path)
     try:
-        _write_json_atomic(sidecar, {**key, "sha256": sha})
+        atomic_write_bytes(sidecar, json.dumps({**key, "sha256": sha}).encode())
     except OSError as exc:
         log.debug("could not cache the sha256 of %s: %s", path, exc)
     return sha
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(dict(data), fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def check_weights_file(path: Path, *, size: int | None = None, sha256_prefix: str | None = None) -> str:

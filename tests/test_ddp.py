@@ -13,9 +13,8 @@ import torch
 
 from pipeline.training.checkpoint import read_checkpoint
 from pipeline.training.loop import plan_run, train
+from tests.conftest import ROOT
 from tests.tiny_gan import tiny_params, write_params, write_tiny_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # No batch norm, no dropout, plain SGD and mirror-symmetric full-size tiles (so random
 # crops and flips change nothing): then 2 processes x batch 1 with averaged gradients

@@ -22,7 +22,8 @@ from typing import Any
 import networkx as nx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 DVC = [sys.executable, "-m", "dvc"]
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 

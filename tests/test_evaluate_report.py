@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 import yaml
 
 from pipeline.core.config import parse_params
@@ -21,14 +20,7 @@ from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857
 from tests.imagery import ERIE_Z18, cut_tiles, make_store, render_mosaic, to_records
 
 NX, NY = 3, 2  # six real z18 tiles of the erie village
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiles() -> dict[TileId, np.ndarray]:

@@ -32,8 +32,8 @@ from pipeline.server.bundled import serve_sample
 from pipeline.server.faults import FaultPlan
 from pipeline.server.httpd import WmtsServer
 from pipeline.stages.fetch import main
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LAYER = "erie_2021"
 ZOOM = 18
 # About 30 z18 tiles inside erie_2021 (footprint -78.93728 42.59040 -78.91493 42.60144).

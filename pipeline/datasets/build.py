@@ -1,4 +1,4 @@
-"""The align stage: `python -m pipeline.stages.align DATASET` builds data/datasets/<DATASET>/.
+"""The align stage (`luminescence align DATASET`): builds data/datasets/<DATASET>/.
 
 For the dataset's entry in params.yaml `datasets:` it reads the target (modern colour) tile
 store and, for input `historic`, the historic store; pairs tiles on the target's grid
@@ -241,7 +241,7 @@ def _no_overlap_message(target: TileStore, reader: InputReader) -> str:
 
 def _no_pairs_message(name: str, drops: Counter[str], params: Params) -> str:
     words = _drop_words(drops)
-    worst = max(words, key=words.get) if words else "nodata"
+    worst = max(words, key=lambda word: words[word]) if words else "nodata"
     fix = DROP_FIXES[worst].format(max_nodata_fraction=params.align.max_nodata_fraction,
                                    guard_band=params.align.splits.guard_band,
                                    block_size=params.align.splits.block_size)
@@ -340,15 +340,16 @@ def offset_stats(result: AlignResult, grid: TileGrid) -> dict[str, object]:
     stats: dict[str, object] = {"estimated": len(est), "reliable": len(reliable),
                                 "applied": sum(p.applied for p in est)}
     if reliable:
-        assert all(p.offset is not None for p in reliable)
-        mag = np.array([p.offset.magnitude for p in reliable])  # type: ignore[union-attr]
+        offsets = [p.offset for p in reliable if p.offset is not None]
+        assert len(offsets) == len(reliable)  # a pair is marked reliable only with its offset
+        mag = np.array([o.magnitude for o in offsets])
         metres = np.array([grid.pixel_size * grid.ground_metres_per_crs_unit(p.tile) for p in reliable])
         stats.update({
             "median_px": float(np.median(mag)), "p90_px": float(np.percentile(mag, 90)),
             "max_px": float(mag.max()), "median_m": float(np.median(mag * metres)),
             "p90_m": float(np.percentile(mag * metres, 90)),
-            "median_dx_px": float(np.median([p.offset.dx for p in reliable])),  # type: ignore[union-attr]
-            "median_dy_px": float(np.median([p.offset.dy for p in reliable])),  # type: ignore[union-attr]
+            "median_dx_px": float(np.median([o.dx for o in offsets])),
+            "median_dy_px": float(np.median([o.dy for o in offsets])),
         })
     return stats
 
@@ -397,12 +398,13 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
     """Build data/datasets/<name>/ and return its summary (also written as summary.json)."""
     ds: DatasetConfig = lookup(params.datasets, name, "dataset", "datasets")
     cfg = params.align
+    # the historic store's key: set exactly for historic input (DatasetConfig checks that)
+    historic = ds.historic if ds.input == "historic" else None
     target = open_store(tiles_dir, ds.target, "target")
     source = None
     try:
-        if ds.input == "historic":
-            assert ds.historic is not None
-            source = open_store(tiles_dir, ds.historic, "historic")
+        if historic is not None:
+            source = open_store(tiles_dir, historic, "historic")
         result = align_pairs(name, ds, params, target, source, progress=progress)
         grid = grid_of(target, "target")
         t_meta = target.metadata
@@ -414,7 +416,7 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
 
     synthetic = i_meta.get("synthetic", "false").lower() == "true"
     target_layer = t_meta.get("layer", ds.target)
-    input_layer = i_meta.get("layer", ds.historic) if ds.input == "historic" else f"{target_layer} (luma)"
+    input_layer = i_meta.get("layer", historic) if historic is not None else f"{target_layer} (luma)"
     meta = {"input_kind": ds.input, "input_layer": input_layer, "target_layer": target_layer,
             "target_store": str(store_path(ds.target, tiles_dir)),
             "input_store": str(store_path(ds.historic or ds.target, tiles_dir))}

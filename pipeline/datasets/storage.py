@@ -13,14 +13,13 @@ Loading is `np.load(path, mmap_mode="r")`: no per-step image decoding.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import atomic_write_bytes, replacing
 
 SPLITS = ("train", "val", "test")
 INPUT_CHANNEL = 0
@@ -43,27 +42,6 @@ class DatasetInfo:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def _umask_permissions(fd: int) -> None:
-    """mkstemp creates 0600 files; give the final file the permissions open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _umask_permissions(fd)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_split(root: Path, split: str, pairs: np.ndarray) -> Path:
     """Atomically write one split array of shape (N, H, W, 4) uint8."""
     if split not in SPLITS:
@@ -71,16 +49,8 @@ def write_split(root: Path, split: str, pairs: np.ndarray) -> Path:
     if pairs.dtype != np.uint8 or pairs.ndim != 4 or pairs.shape[-1] != 4:
         raise ValueError(f"expected (N, H, W, 4) uint8, got {pairs.shape} {pairs.dtype}")
     path = Path(root) / f"{split}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{split}.", suffix=".npy")
-    try:
-        _umask_permissions(fd)
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(pairs), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(pairs), allow_pickle=False)
     return path
 
 

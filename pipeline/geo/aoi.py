@@ -12,7 +12,7 @@
    AOI (true distances near the AOI; EPSG:3857 would be off by 1/cos(latitude));
 6. reproject to EPSG:3857 and check every coordinate is finite.
 
-`describe_aoi` gives the lines of `python -m pipeline.stages.aoi info FILE [--zoom Z ...]`.
+CLI (pipeline/stages/aoi.py): `luminescence aoi info FILE [--zoom Z ...] [--buffer-m M]`.
 """
 
 from __future__ import annotations

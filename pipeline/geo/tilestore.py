@@ -74,7 +74,7 @@ class TileStore:
         if readonly:
             if not self.path.exists():
                 raise StoreError(f"tile store {self.path} does not exist; run its fetch stage first "
-                                 f"(dvc repro) or harvest it with `python -m pipeline.stages.fetch harvest`")
+                                 f"(dvc repro) or harvest it with `luminescence fetch harvest`")
             uri = f"file:{self.path.resolve()}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:

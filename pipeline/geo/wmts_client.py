@@ -13,6 +13,7 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -141,12 +142,13 @@ class Capabilities:
         raise LayerRequestError(
             f"layer '{layer_id}' is not offered by {self.url}{suggestion} "
             f"(it has {len(self.layers)} layers; list them with "
-            f"`python -m pipeline.stages.fetch list-layers {self.url}`)")
+            f"`luminescence fetch list-layers {self.url}`)")
 
 
 # --------------------------------------------------------------------------- tile sources
 class TileSource(Protocol):
-    """Anything the harvester can fetch tiles from (read-only: sources are frozen dataclasses)."""
+    """Anything the harvester can fetch tiles from. The members are read-only: a source may
+    hold them as (frozen) fields or compute them as properties."""
 
     @property
     def service_url(self) -> str: ...
@@ -594,6 +596,12 @@ def _layer_info(cm, matrix_sets: dict[str, dict[str, TileMatrix]], crs: dict[str
         default_style=default_style,
         dimensions={name: (d.get("default") or d["values"][0]) for name, d in cm.dimensions.items()},
     )
+
+
+def _wgs84_box(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """OWSLib's boundingBoxWGS84 (W, S, E, N) as floats."""
+    west, south, east, north = (float(v) for v in values)
+    return west, south, east, north
 
 
 def _kvp_url(wmts) -> str | None:

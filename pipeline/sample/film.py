@@ -28,8 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline.core.config import FilmConfig, SampleConfig
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import replacing, sha256_of_file
 
 # Bump when the emulation changes in a way that alters pixels: forces a rebuild.
 FILM_ALGORITHM_VERSION = 1
@@ -227,20 +226,12 @@ def metres_per_unit(crs: CRS) -> float:
     return float(crs.linear_units_factor[1])
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def film_hash(cfg: FilmConfig, sources: Sequence[Path]) -> str:
     """Identity of a film layer: parameters, algorithm version and source file contents."""
     payload = {
         "version": FILM_ALGORITHM_VERSION,
         "params": cfg.model_dump(mode="json"),
-        "sources": [[p.name, _file_digest(p)] for p in sources],
+        "sources": [[p.name, sha256_of_file(p)] for p in sources],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -289,7 +280,6 @@ def _overview_factors(width: int, height: int, smallest: int = 256) -> list[int]
 
 def _write_film_tif(out: Path, gray: np.ndarray, mosaic: Mosaic, cfg: FilmConfig, digest: str,
                     sources: Sequence[Path]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     note = SYNTHETIC_NOTE.format(src=cfg.source_layer)
     tags = {
         "SYNTHETIC": "YES",
@@ -310,16 +300,9 @@ def _write_film_tif(out: Path, gray: np.ndarray, mosaic: Mosaic, cfg: FilmConfig
         "crs": mosaic.crs, "transform": mosaic.transform, "tiled": True,
         "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 2,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(gray, 1)
-            dst.write_mask(np.where(mosaic.valid, 255, 0).astype(np.uint8))
-            dst.update_tags(**tags)
-            dst.build_overviews(_overview_factors(w, h), Resampling.average)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared like any other file
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (replacing(out) as tmp, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+          rasterio.open(tmp, "w", **profile) as dst):
+        dst.write(gray, 1)
+        dst.write_mask(np.where(mosaic.valid, 255, 0).astype(np.uint8))
+        dst.update_tags(**tags)
+        dst.build_overviews(_overview_factors(w, h), Resampling.average)

@@ -13,7 +13,7 @@ from pipeline.geo.aoi import AoiError, describe_aoi, read_aoi
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.aoi", description="Inspect areas of interest (AOI files).")
+        prog="luminescence aoi", description="Inspect areas of interest (AOI files).")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser(
         "info", help="CRS, features, area, WGS84 bounds and tile counts of an AOI file",

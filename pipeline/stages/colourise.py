@@ -1,16 +1,9 @@
-"""Colourise a harvested area with a trained model, without seams between tiles.
+"""Command line of the colourise stage (how tiles are colourised without seams:
+pipeline.inference.colourise).
 
-    python -m pipeline.stages.colourise --model runs/ABLATION/model.pt --store AREA.mbtiles \\
+    luminescence colourise --model runs/ABLATION/model.pt --store AREA.mbtiles \\
         --out AREA_colour.mbtiles [--geotiff AREA_colour.tif] [--preview AREA.png]
-
-The input is any tile store (a fetch stage's output, or `python -m pipeline.stages.fetch harvest`
-for a new area). Each tile is colourised inside a larger window made of its neighbours
-(`--margin` pixels on every side) and only the centre is kept: the generator sees the
-same context across a tile edge from both sides, so the mosaic shows no tile seams (the
-reference implementations colourise tiles one by one, and their zero padding shows).
-Colour input tiles (a modern layer) are converted to gray with the align stage's luma
-first, and the output says so. Output tiles keep the input's transparency and its
-z/x/y, so the GeoTIFF mosaic carries EPSG:3857 and the exact tile bounds.
+    luminescence colourise --stage      # what dvc.yaml runs: params.yaml `colourise`
 """
 
 from __future__ import annotations
@@ -25,10 +18,10 @@ from pipeline.inference.colourise import ColouriseError, run
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.colourise",
+        prog="luminescence colourise",
         description="Colourise every tile of a tile store (MBTiles) with a trained model, seamlessly, "
                     "into a new MBTiles (and optionally a GeoTIFF mosaic and a preview PNG).",
-        epilog="A new area: first `python -m pipeline.stages.fetch harvest ... --out AREA.mbtiles`.")
+        epilog="A new area: first `luminescence fetch harvest ... --out AREA.mbtiles`.")
     parser.add_argument("--stage", action="store_true",
                         help="the dvc.yaml stage: model, store and margin from params.yaml `colourise`, "
                              "outputs in data/colourised/ and reports/colourised/")

@@ -1,14 +1,7 @@
-"""Evaluate stage: colourise a dataset's held-out test split and score it.
+"""Command line of the evaluate stage (what it scores and writes: pipeline.results.evaluation).
 
-    python -m pipeline.stages.evaluate ABLATION          # a trained model  -> metrics/ABLATION.json
-    python -m pipeline.stages.evaluate --baseline NAME   # a baseline       -> metrics/baseline_NAME.json
-
-Baselines go through the same scoring code as the models: `input` scores the grayscale
-input itself as the prediction (the floor every colouriser must beat), `layer` scores
-the tiles of another harvested layer at the test tiles (e.g. Academia Sinica's own AI
-colourisation `taipei/Taipei_aerialphoto_1980_AI`, or the sample's real 2011 colours).
-Each metric file records N, the dataset, the extractors with their weights' hashes and
-resize methods (see eval.scores and docs/metrics.md), and whether the input is synthetic.
+    luminescence evaluate ABLATION          # a trained model  -> metrics/ABLATION.json
+    luminescence evaluate --baseline NAME   # a baseline       -> metrics/baseline_NAME.json
 """
 
 from __future__ import annotations
@@ -23,7 +16,7 @@ from pipeline.results.evaluation import evaluate, summary_line
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.evaluate",
+        prog="luminescence evaluate",
         description="Colourise a dataset's test split with a trained ablation (or score a baseline) "
                     "and write metrics/<name>.json and reports/samples/<name>.png.")
     parser.add_argument("name", help="an ablation of params.yaml (or, with --baseline, a baseline)")

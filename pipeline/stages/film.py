@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.core.config import PARAMS_FILE, load_params
 
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.sample.film",
+        prog="luminescence film",
         description="Build the SYNTHETIC 'historic' film layer (a grayscale film emulation of "
         "sample.film.source_layer, parameters from params.yaml sample.film). It is not a real "
         "historic photograph. Rebuilt only when the parameters or the source rasters change.")

@@ -1,4 +1,4 @@
-"""Run the sample WMTS standalone: `python -m pipeline.stages.serve [--port 8080] [--faults ...]`.
+"""Run the sample WMTS standalone: `luminescence serve [--port 8080] [--faults ...]`.
 
 Serves the bundled NYSDOP sample and the SYNTHETIC film layer (params.yaml `sample`) on
 127.0.0.1 until Ctrl-C, and prints the capabilities URL to paste into QGIS
@@ -23,7 +23,7 @@ from pipeline.server.layers import MATRIX_SET
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.serve",
+        prog="luminescence serve",
         description="Serve the bundled sample imagery as an OGC WMTS on 127.0.0.1 until Ctrl-C. "
         "Paste the printed capabilities URL into QGIS (Layer > Add Layer > Add WMS/WMTS Layer) "
         "or a browser. The erie_2011_film layer is SYNTHETIC (a film emulation), not a real "

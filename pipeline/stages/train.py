@@ -1,4 +1,4 @@
-"""Train one ablation: `python -m pipeline.stages.train ABLATION` (the dvc.yaml `train` stage).
+"""Train one ablation: `luminescence train ABLATION` (the dvc.yaml `train` stage).
 
 Writes runs/<ablation>/checkpoint.pt, dvclive/, samples/ and options.json. An existing
 checkpoint of the same configuration is resumed; a finished one makes this a no-op; a
@@ -19,7 +19,7 @@ from pipeline.core.errors import cli_entry
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.train",
+        prog="luminescence train",
         description="Train one ablation of params.yaml (a GAN colouriser) with checkpoints, "
                     "validation samples and DVCLive logs; resumes automatically.",
         epilog="Multi-GPU: torchrun --nproc_per_node 4 -m pipeline.stages.train ABLATION",

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,8 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import remove_stale_temp_files as remove_stale_temp_files  # for loop.py
+from pipeline.core.files import replacing
 
 FORMAT = "luminescence-train-checkpoint"
 MODEL_FORMAT = "luminescence-model"  # runs/<ablation>/model.pt: trained networks only
@@ -97,7 +97,7 @@ def weights_digest(nets: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- RNG state
 def capture_rng(device: torch.device) -> dict[str, Any]:
     """Every global generator's state, as tensors and plain types (weights_only-safe)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -169,41 +169,8 @@ def save_atomic(path: Path, obj: dict[str, Any]) -> None:
     A crash (even SIGKILL) at any moment leaves either the previous file or the new
     one, never a half-written file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _default_file_mode())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def _default_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def remove_stale_temp_files(path: Path) -> None:
-    """Delete temporary files left by a save that was killed before its rename."""
-    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    with replacing(path, durable=True) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _unreadable(path: Path, reason: str) -> CheckpointError:
@@ -246,8 +213,9 @@ def _load_safely(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def _first_line(detail: BaseException | str) -> str:
+    """One short line of an error or its message (the exception's type when it has none)."""
+    text = " ".join(str(detail).split()) or type(detail).__name__
     return text if len(text) <= 90 else text[:87] + "..."
 
 

@@ -133,7 +133,7 @@ def init_distributed(info: Distributed, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     # Rank 0 validates alone while the others wait at their next all-reduce.
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=60),
-                            **({"device_id": device} if device.type == "cuda" else {}))
+                            device_id=device if device.type == "cuda" else None)
 
 
 def shutdown_distributed() -> None:
@@ -141,18 +141,21 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _flat_all_reduce_mean(tensors: list[torch.Tensor]) -> None:
-    """Average tensors in place across processes with one collective."""
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat.div_(dist.get_world_size())
-    offset = 0
+def _all_reduce_mean(tensors: Iterable[torch.Tensor]) -> None:
+    """Average tensors in place across processes: one collective per dtype (a flat
+    concatenation of that dtype's tensors)."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset:offset + n].view_as(t))
-        offset += n
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(dist.get_world_size())
+        offset = 0
+        for t in group:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
 
 
 def average_gradients(params: Iterable[nn.Parameter]) -> None:
@@ -161,12 +164,7 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
     Parameters without a gradient are skipped; they are the same on every process
     because every process runs the same model code on same-shaped batches.
     """
-    grads = [p.grad for p in params if p.grad is not None]
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for g in grads:
-        by_dtype.setdefault(g.dtype, []).append(g)
-    for group in by_dtype.values():
-        _flat_all_reduce_mean(group)
+    _all_reduce_mean(p.grad for p in params if p.grad is not None)
 
 
 def average_buffers(nets: Iterable[nn.Module]) -> None:
@@ -176,12 +174,7 @@ def average_buffers(nets: Iterable[nn.Module]) -> None:
     averaging them after every step keeps all copies identical (DDP instead copies
     rank 0's; the average uses every process's data).
     """
-    buffers = [b for net in nets for b in net.buffers() if b.is_floating_point()]
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for b in buffers:
-        by_dtype.setdefault(b.dtype, []).append(b)
-    for group in by_dtype.values():
-        _flat_all_reduce_mean(group)
+    _all_reduce_mean(b for net in nets for b in net.buffers() if b.is_floating_point())
 
 
 def broadcast_state(nets: Iterable[nn.Module]) -> None:
