@@ -25,8 +25,16 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.outputs import PNG, SQLITE, TIFF, Output, check_outputs, replaced_atomically
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, union_bounds_wgs84
-from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, decode_tile
+from pipeline.geo.tilestore import (
+    TileRecord,
+    TileStatus,
+    TileStore,
+    check_store_file,
+    decode_tile,
+    sqlite_files,
+)
 
 MIN_MARGIN = 32
 
@@ -60,21 +68,27 @@ class GrayTiles:
         self.store = store
         self.luma = luma
         self.colour_tiles = 0
+        self.undecodable: set[TileId] = set()  # stored bytes that are not an image (a damaged store)
         self._cache: OrderedDict[TileId, np.ndarray | None] = OrderedDict()
         self._size = cache_tiles
 
     def get(self, tile: TileId) -> np.ndarray | None:
-        """(256, 256, 2) uint8 gray + alpha, or None where there is no tile."""
+        """(256, 256, 2) uint8 gray + alpha, or None where there is no tile (or an undecodable one,
+        treated like a missing neighbour, as the align stage does)."""
         if tile in self._cache:
             self._cache.move_to_end(tile)
             return self._cache[tile]
         data = self.store.get(tile)
         out = None
         if data is not None:
-            rgba = decode_tile(data)
-            gray, colour = self._to_gray(rgba, self.luma)
-            self.colour_tiles += int(colour)
-            out = np.stack([gray, rgba[..., 3]], axis=-1)
+            try:
+                rgba = decode_tile(data)
+            except ValueError:
+                self.undecodable.add(tile)
+            else:
+                gray, colour = self._to_gray(rgba, self.luma)
+                self.colour_tiles += int(colour)
+                out = np.stack([gray, rgba[..., 3]], axis=-1)
         self._cache[tile] = out
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
@@ -121,6 +135,7 @@ class ColouriseReport:
     colour_input_tiles: int
     margin: int
     seconds: float
+    undecodable: int = 0  # input tiles whose bytes are not an image: recorded as failed, skipped
 
 
 def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: int, luma: str,
@@ -140,6 +155,14 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
                                       disable=not progress) as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
+            bad = [t for t in batch if gray_tiles.get(t) is None]
+            if bad:
+                out.put_many(TileRecord(t, TileStatus.FAILED, reason="input tile is not a decodable image")
+                             for t in bad)
+                bar.update(len(bad))
+                batch = [t for t in batch if t not in bad]
+                if not batch:
+                    continue
             windows = np.stack([context_window(gray_tiles, t, margin) for t in batch])
             a = torch.from_numpy(windows).unsqueeze(1).float().div_(255.0).to(device)
             rgb = model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
@@ -150,8 +173,9 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
                 records.append(TileRecord(t, TileStatus.OK, png_rgba(pixels, alpha)))
             out.put_many(records)  # one transaction per batch: a killed run keeps what it wrote
             bar.update(len(batch))
-    return ColouriseReport(tiles=len(todo), colour_input_tiles=gray_tiles.colour_tiles, margin=margin,
-                           seconds=time.perf_counter() - start)
+    failed = len([t for t in todo if t in gray_tiles.undecodable])
+    return ColouriseReport(tiles=len(todo) - failed, colour_input_tiles=gray_tiles.colour_tiles,
+                           margin=margin, seconds=time.perf_counter() - start, undecodable=failed)
 
 
 def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, float]]:
@@ -165,7 +189,10 @@ def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, flo
     n = TILE_SIZE
     out = np.zeros(((max(ys) - y0 + 1) * n, (max(xs) - x0 + 1) * n, 4), dtype=np.uint8)
     for t in tiles:
-        rgba = store.read_rgba(t)
+        try:
+            rgba = store.read_rgba(t)
+        except ValueError:  # an undecodable tile of a damaged store: left transparent
+            continue
         out[(t.y - y0) * n:(t.y - y0 + 1) * n, (t.x - x0) * n:(t.x - x0 + 1) * n] = rgba
     z = tiles[0].z
     left, _, _, top = tile_bounds_3857(TileId(z, x0, y0))
@@ -180,15 +207,13 @@ def write_geotiff(store: TileStore, path: Path) -> Path:
 
     rgba, bounds = mosaic(store)
     h, w = rgba.shape[:2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.tif")
-    with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint8",
-                       crs="EPSG:3857", transform=from_bounds(*bounds, w, h), photometric="RGB",
-                       alpha="YES", tiled=True, compress="deflate") as dst:
+    with replaced_atomically(path) as tmp, rasterio.open(
+            tmp, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint8", crs="EPSG:3857",
+            transform=from_bounds(*bounds, w, h), photometric="RGB", alpha="YES", tiled=True,
+            compress="deflate") as dst:
         dst.write(np.moveaxis(rgba, -1, 0))
         meta = store.metadata
         dst.update_tags(**{k: meta[k] for k in ("description", "model", "source_store") if k in meta})
-    tmp.replace(path)
     return path
 
 
@@ -207,10 +232,8 @@ def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, m
     scale = max_px / max(img.size)
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
@@ -222,6 +245,13 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
     if not model_file.exists():
         raise ColouriseError(f"model {model_file} not found; train one first (dvc repro train@ABLATION) "
                              f"and pass runs/ABLATION/model.pt")
+    # The output rule, before anything is loaded or written: no output is an input or another
+    # output, none is an existing file of another kind, every one can be created.
+    outputs = [Output("--out", out_path, SQLITE)]
+    outputs += [Output("--geotiff", geotiff, TIFF)] if geotiff else []
+    outputs += [Output("--preview", preview, PNG)] if preview else []
+    check_outputs(outputs, {"--model": [model_file], "--store": sqlite_files(source_path)})
+    check_store_file(out_path)
     device = pick_device(device_name)
     model = load_model(model_file, device)
     multiple = size_multiple(model.opts.netG)
@@ -263,6 +293,10 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
                 write_preview(source, out, preview, luma=luma)
     note = (f"; {report.colour_input_tiles} colour input tiles were converted to gray ({luma} luma) first"
             if report.colour_input_tiles else "")
+    if report.undecodable:
+        note += (f"; {report.undecodable} input tile{'s' if report.undecodable > 1 else ''} could not be "
+                 f"decoded (damaged store) and {'were' if report.undecodable > 1 else 'was'} recorded as "
+                 f"failed in {out_path}")
     rate = report.tiles / report.seconds if report.seconds > 0 else 0.0
     return (f"colourised {report.tiles} tiles of {source_path} with {model_file} ({margin}-px context "
             f"margin) in {report.seconds:.1f} s ({rate:.1f} tiles/s) -> {out_path}{note}")
