@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,7 +73,10 @@ class HarvestConfig(Strict):
     concurrency: int = Field(default=4, ge=1, le=64)
     requests_per_second: float | None = Field(default=8.0, gt=0)  # None lifts the cap
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=30.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)  # each socket read
+    # Each request as a whole (connect, headers, body, redirects): a server that sends a byte
+    # now and then never trips read_timeout_s, so this bounds how long one request may take.
+    request_deadline_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
@@ -384,12 +388,17 @@ def _model_in(annotation: Any) -> Any:
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "",
-                            source: str = "params.yaml") -> str:
-    """Turn pydantic's report into one line naming the params.yaml key."""
+                            source: str = "params.yaml", names: Mapping[str, str] | None = None) -> str:
+    """Turn pydantic's report into one line naming the params.yaml key.
+
+    `names` renames top-level keys (e.g. to the command-line flag that gave the value).
+    """
     messages = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(top level)"
+        if names and loc and str(loc[0]) in names:
+            key = ".".join([names[str(loc[0])], *(str(p) for p in loc[1:])])
         kind = err["type"]
         if kind == "extra_forbidden":
             hint = _closest(str(loc[-1]), _field_names(model, loc))
@@ -425,6 +434,24 @@ def parse_params(data: Any, source: str = "params.yaml") -> Params:
         return Params.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, Params, source=source)) from None
+
+
+S = TypeVar("S", bound=Strict)
+
+
+def with_overrides(section: S, overrides: Mapping[str, tuple[str, Any]]) -> S:
+    """`section` with command-line values applied, validated exactly like params.yaml.
+
+    `overrides` maps a field to (the flag that gave it, its value); an invalid value is a
+    ConfigError naming the flag, as an invalid params.yaml value names its key.
+    """
+    values = {field: value for field, (_, value) in overrides.items()}
+    try:
+        return type(section).model_validate({**section.model_dump(), **values})
+    except ValidationError as exc:
+        flags = {field: flag for field, (flag, _) in overrides.items()}
+        raise ConfigError(format_validation_error(exc, type(section), source="command line",
+                                                  names=flags)) from None
 
 
 def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:

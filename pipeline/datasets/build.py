@@ -36,15 +36,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.core.config import DatasetConfig, Params, lookup
+from pipeline.core.outputs import Output, check_outputs
 from pipeline.core.paths import DATASETS_DIR, TILES_DIR, store_path
 from pipeline.datasets.figures import OffsetPoint, contact_sheet_figure, offsets_figure, split_map_figure
 from pipeline.datasets.pairing import InputReader, PairingError, TileGrid, Undecodable, grid_of
 from pipeline.datasets.splits import GUARD, SplitPlan
-from pipeline.datasets.storage import SPLITS, DatasetInfo, atomic_write_bytes, write_info, write_split
+from pipeline.datasets.storage import (
+    DATASET_FOLDER,
+    SPLITS,
+    DatasetInfo,
+    atomic_write_bytes,
+    write_info,
+    write_split,
+)
 from pipeline.geo.pixels import LUMA_FORMULAS, decode_tile, luma, nodata_fraction
 from pipeline.geo.registration import Offset, estimate_offset
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_wgs84
-from pipeline.geo.tilestore import TileStatus, TileStore
+from pipeline.geo.tilestore import TileStatus, TileStore, sqlite_files
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +408,10 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
     cfg = params.align
     # the historic store's key: set exactly for historic input (DatasetConfig checks that)
     historic = ds.historic if ds.input == "historic" else None
+    # The output rule: the folder replaced at the end is a dataset (or new), and holds no input.
+    stores = [store_path(key, tiles_dir) for key in (ds.target, ds.historic) if key]
+    check_outputs([Output("--out-dir", Path(out_dir) / name, DATASET_FOLDER)],
+                  {"the tile store": [f for s in stores for f in sqlite_files(s)]})
     target = open_store(tiles_dir, ds.target, "target")
     source = None
     try:

@@ -20,8 +20,11 @@ import numpy as np
 
 from pipeline.core.errors import LuminescenceError
 from pipeline.core.files import atomic_write_bytes, replacing
+from pipeline.core.outputs import FolderKind
 
 SPLITS = ("train", "val", "test")
+# What a dataset folder is recognised by before the align stage replaces it.
+DATASET_FOLDER = FolderKind("a dataset folder", "dataset.json")
 INPUT_CHANNEL = 0
 TARGET_CHANNELS = slice(1, 4)
 

@@ -19,7 +19,7 @@ from pipeline.core.config import HarvestConfig
 from pipeline.core.errors import LuminescenceError
 from pipeline.geo.harvester import HarvestReport, harvest_to_store
 from pipeline.geo.tiles import TileId, TooManyTilesError, tile_cover
-from pipeline.geo.wmts_client import LayerInfo, TileSource, read_capabilities, resolve_source, xyz_source
+from pipeline.geo.wmts_client import LayerInfo, TileSource, read_capabilities_for, resolve_source, xyz_source
 
 if TYPE_CHECKING:  # reading AOIs pulls in geopandas; planning only needs the type
     from pipeline.geo.aoi import Aoi
@@ -46,8 +46,7 @@ def wmts_target(url: str, layer: str, zoom: int, cfg: HarvestConfig, *, matrix_s
     `service_key` replaces the URL as the cache identity (for servers whose URL changes between
     runs, like the loopback sample server on an ephemeral port).
     """
-    timeout = (cfg.connect_timeout_s, cfg.read_timeout_s)
-    caps = read_capabilities(url, user_agent=cfg.user_agent, timeout=timeout)
+    caps = read_capabilities_for(url, cfg)  # the harvest section's timeouts, total deadline, retries
     source = resolve_source(caps, layer, zoom=zoom, matrix_set=matrix_set, fmt=fmt)
     return Target(source, service_key or url, source.layer, attribution)
 

@@ -142,9 +142,8 @@ class GrayTiles:
     """A store's tiles as (256, 256, 2) uint8 gray + alpha, decoded once, in a small LRU cache.
 
     `colour_tiles` collects the tiles whose channels differed (converted by `formula`). Bytes
-    that do not decode raise ValueError, or give None like a missing tile when
-    `skip_undecodable` is set (the caller then tells missing from undecodable by the store's
-    tile statuses).
+    that do not decode raise ValueError, or, when `skip_undecodable` is set, give None like a
+    missing tile and are collected in `undecodable` (a damaged store).
     """
 
     def __init__(self, store: TileBytes, formula: str = "rec601", cache_tiles: int = 256, *,
@@ -153,6 +152,7 @@ class GrayTiles:
         self.formula = formula
         self.skip_undecodable = skip_undecodable
         self.colour_tiles: set[TileId] = set()
+        self.undecodable: set[TileId] = set()
         self._cache: OrderedDict[TileId, np.ndarray | None] = OrderedDict()
         self._size = cache_tiles
 
@@ -169,6 +169,7 @@ class GrayTiles:
             except ValueError:
                 if not self.skip_undecodable:
                     raise
+                self.undecodable.add(tile)
             else:
                 gray, colour = to_gray(rgba, self.formula)
                 if colour:

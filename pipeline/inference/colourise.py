@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.outputs import PNG, SQLITE, TIFF, Output, check_outputs, replaced_atomically
 from pipeline.geo.pixels import GrayTiles, to_gray
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, union_bounds_wgs84
-from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, check_store_file, sqlite_files
 
 MIN_MARGIN = 32
 
@@ -90,6 +91,7 @@ class ColouriseReport:
     colour_input_tiles: int
     margin: int
     seconds: float
+    undecodable: int = 0  # input tiles whose bytes are not an image: recorded as failed, skipped
 
 
 def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: int, luma: str,
@@ -100,7 +102,7 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
     import torch
     from tqdm import tqdm
 
-    gray_tiles = GrayTiles(source, luma)
+    gray_tiles = GrayTiles(source, luma, skip_undecodable=True)  # a damaged tile: skipped, counted
     done = set(out.tiles(TileStatus.OK))
     todo = [t for t in source.tiles(TileStatus.OK) if t not in done]
     start = time.perf_counter()
@@ -109,6 +111,14 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
                                       disable=not progress) as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
+            bad = [t for t in batch if gray_tiles.get(t) is None]
+            if bad:
+                out.put_many(TileRecord(t, TileStatus.FAILED, reason="input tile is not a decodable image")
+                             for t in bad)
+                bar.update(len(bad))
+                batch = [t for t in batch if t not in bad]
+                if not batch:
+                    continue
             windows = np.stack([context_window(gray_tiles, t, margin) for t in batch])
             a = torch.from_numpy(windows).unsqueeze(1).float().div_(255.0).to(device)
             rgb = model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
@@ -119,8 +129,9 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
                 records.append(TileRecord(t, TileStatus.OK, png_rgba(pixels, alpha)))
             out.put_many(records)  # one transaction per batch: a killed run keeps what it wrote
             bar.update(len(batch))
-    return ColouriseReport(tiles=len(todo), colour_input_tiles=len(gray_tiles.colour_tiles), margin=margin,
-                           seconds=time.perf_counter() - start)
+    failed = len([t for t in todo if t in gray_tiles.undecodable])
+    return ColouriseReport(tiles=len(todo) - failed, colour_input_tiles=len(gray_tiles.colour_tiles),
+                           margin=margin, seconds=time.perf_counter() - start, undecodable=failed)
 
 
 def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, float]]:
@@ -134,7 +145,10 @@ def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, flo
     n = TILE_SIZE
     out = np.zeros(((max(ys) - y0 + 1) * n, (max(xs) - x0 + 1) * n, 4), dtype=np.uint8)
     for t in tiles:
-        rgba = store.read_rgba(t)
+        try:
+            rgba = store.read_rgba(t)
+        except ValueError:  # an undecodable tile of a damaged store: left transparent
+            continue
         out[(t.y - y0) * n:(t.y - y0 + 1) * n, (t.x - x0) * n:(t.x - x0 + 1) * n] = rgba
     z = tiles[0].z
     left, _, _, top = tile_bounds_3857(TileId(z, x0, y0))
@@ -149,15 +163,13 @@ def write_geotiff(store: TileStore, path: Path) -> Path:
 
     rgba, bounds = mosaic(store)
     h, w = rgba.shape[:2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.tif")
-    with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint8",
-                       crs="EPSG:3857", transform=from_bounds(*bounds, w, h), photometric="RGB",
-                       alpha="YES", tiled=True, compress="deflate") as dst:
+    with replaced_atomically(path) as tmp, rasterio.open(
+            tmp, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint8", crs="EPSG:3857",
+            transform=from_bounds(*bounds, w, h), photometric="RGB", alpha="YES", tiled=True,
+            compress="deflate") as dst:
         dst.write(np.moveaxis(rgba, -1, 0))
         meta = store.metadata
         dst.update_tags(**{k: meta[k] for k in ("description", "model", "source_store") if k in meta})
-    tmp.replace(path)
     return path
 
 
@@ -174,10 +186,8 @@ def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, m
     scale = max_px / max(img.size)
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
@@ -189,6 +199,13 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
     if not model_file.exists():
         raise ColouriseError(f"model {model_file} not found; train one first (dvc repro train@ABLATION) "
                              f"and pass runs/ABLATION/model.pt")
+    # The output rule, before anything is loaded or written: no output is an input or another
+    # output, none is an existing file of another kind, every one can be created.
+    outputs = [Output("--out", out_path, SQLITE)]
+    outputs += [Output("--geotiff", geotiff, TIFF)] if geotiff else []
+    outputs += [Output("--preview", preview, PNG)] if preview else []
+    check_outputs(outputs, {"--model": [model_file], "--store": sqlite_files(source_path)})
+    check_store_file(out_path)
     device = pick_device(device_name)
     model = load_model(model_file, device)
     multiple = size_multiple(model.opts.netG)
@@ -230,6 +247,10 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
                 write_preview(source, out, preview, luma=luma)
     note = (f"; {report.colour_input_tiles} colour input tiles were converted to gray ({luma} luma) first"
             if report.colour_input_tiles else "")
+    if report.undecodable:
+        note += (f"; {report.undecodable} input tile{'s' if report.undecodable > 1 else ''} could not be "
+                 f"decoded (damaged store) and {'were' if report.undecodable > 1 else 'was'} recorded as "
+                 f"failed in {out_path}")
     rate = report.tiles / report.seconds if report.seconds > 0 else 0.0
     return (f"colourised {report.tiles} tiles of {source_path} with {model_file} ({margin}-px context "
             f"margin) in {report.seconds:.1f} s ({rate:.1f} tiles/s) -> {out_path}{note}")

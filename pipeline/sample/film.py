@@ -42,6 +42,7 @@ from scipy.ndimage import gaussian_filter
 from pipeline.core.config import FilmConfig, SampleConfig
 from pipeline.core.errors import LuminescenceError
 from pipeline.core.files import replacing, sha256_of_file
+from pipeline.core.outputs import TIFF, Output, check_outputs
 
 # Bump when the emulation changes in a way that alters pixels: forces a rebuild.
 FILM_ALGORITHM_VERSION = 1
@@ -253,6 +254,7 @@ def build_film_layer(sample: SampleConfig, out: Path | None = None, *, force: bo
     cfg = sample.film
     sources = raster_files(Path(sample.data_dir) / cfg.source_layer)
     out = Path(out) if out is not None else film_path(sample)
+    check_outputs([Output("--out", out, TIFF)], {"a source raster": sources})
     digest = film_hash(cfg, sources)
     if not force and out.exists() and _existing_hash(out) == digest:
         return out

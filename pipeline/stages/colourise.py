@@ -16,6 +16,16 @@ from pipeline.core.errors import cli_entry
 from pipeline.inference.colourise import ColouriseError, run
 
 
+def _count(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luminescence colourise",
@@ -30,13 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output tile store (.mbtiles)")
     parser.add_argument("--geotiff", type=Path, default=None, help="also write a GeoTIFF mosaic")
     parser.add_argument("--preview", type=Path, default=None, help="also write a preview PNG")
-    parser.add_argument("--margin", type=int, default=None,
+    parser.add_argument("--margin", type=lambda t: _count(t, 0), default=None,
                         help="context pixels around each tile (default: the smallest >= 32 that fits the "
                              "generator)")
     parser.add_argument("--luma", choices=["rec601", "rec709"], default="rec601",
                         help="gray conversion for colour input tiles (default rec601, as align)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=lambda t: _count(t, 1), default=4,
+                        help="tiles per model call (default 4)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 

@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from pipeline.core.config import PARAMS_FILE, HarvestConfig, load_params, lookup
+from pipeline.core.config import PARAMS_FILE, HarvestConfig, load_params, lookup, with_overrides
 from pipeline.core.errors import LuminescenceError, cli_entry
 from pipeline.core.paths import store_path
 from pipeline.geo.harvest_plan import Target, harvest_aoi, wmts_target, xyz_target
+from pipeline.geo.harvester import check_harvest_output
 from pipeline.geo.layer_table import format_layer_table
-from pipeline.geo.wmts_client import read_capabilities
+from pipeline.geo.tiles import TooManyTilesError, check_zoom
+from pipeline.geo.wmts_client import read_capabilities_for
 
 
 # --------------------------------------------------------------------------- commands
@@ -32,29 +34,35 @@ def _harvest_config(path: Path = PARAMS_FILE) -> HarvestConfig:
 
 def cmd_list_layers(args: argparse.Namespace) -> int:
     cfg = _harvest_config()
-    caps = read_capabilities(args.url, user_agent=cfg.user_agent,
-                             timeout=(cfg.connect_timeout_s, cfg.read_timeout_s))
+    caps = read_capabilities_for(args.url, cfg)
     print(format_layer_table(caps))
     return 0
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
-    from pipeline.geo.aoi import read_aoi
+    from pipeline.geo.aoi import read_aoi, source_files
 
     cfg = _harvest_config()
-    overrides: dict[str, object] = {}
+    check_zoom(args.zoom, "--zoom")
+    overrides: dict[str, tuple[str, object]] = {}
     if args.concurrency is not None:
-        overrides["concurrency"] = args.concurrency
+        overrides["concurrency"] = ("--concurrency", args.concurrency)
     if args.rps is not None:
-        overrides["requests_per_second"] = None if args.rps <= 0 else args.rps
+        overrides["requests_per_second"] = ("--rps", None if args.rps <= 0 else args.rps)
     if args.cache_dir is not None:
-        overrides["cache_dir"] = args.cache_dir
+        overrides["cache_dir"] = ("--cache-dir", args.cache_dir)
     if args.max_tiles is not None:
-        overrides["max_tiles"] = args.max_tiles
+        overrides["max_tiles"] = ("--max-tiles", args.max_tiles)
     if args.max_retries is not None:
-        overrides["max_retries"] = args.max_retries
-    cfg = HarvestConfig.model_validate({**cfg.model_dump(), **overrides})
-    aoi = read_aoi(args.aoi, buffer_m=args.buffer_m)
+        overrides["max_retries"] = ("--max-retries", args.max_retries)
+    if args.request_deadline_s is not None:
+        overrides["request_deadline_s"] = ("--request-deadline-s", args.request_deadline_s)
+    cfg = with_overrides(cfg, overrides)
+    check_harvest_output(args.out, cfg, inputs={"--aoi": source_files(args.aoi)})
+    try:
+        aoi = read_aoi(args.aoi, buffer_m=args.buffer_m, zoom=args.zoom, max_tiles=cfg.max_tiles)
+    except TooManyTilesError as exc:
+        raise LuminescenceError(f"{exc} (or pass --max-tiles)") from None
     if args.wmts:
         target = wmts_target(args.wmts, args.layer, args.zoom, cfg, matrix_set=args.matrix_set,
                              fmt=args.format)
@@ -68,14 +76,18 @@ def cmd_harvest(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from pipeline.geo.aoi import load_aoi
+    from pipeline.geo.aoi import load_aoi, source_files
     from pipeline.server.bundled import sample_service_key, serve_sample
 
     params = load_params()
     fetch = lookup(params.fetch, args.key, "fetch key", f"fetch.{args.key}")
     source_cfg = params.sources[fetch.source]
-    aoi = load_aoi(params.aois[fetch.aoi], fetch.aoi)
+    out = store_path(args.key)
     cfg = params.harvest
+    aoi_cfg = params.aois[fetch.aoi]
+    check_harvest_output(out, cfg, flag=f"the output of fetch@{args.key}",
+                         inputs={f"aois.{fetch.aoi}": source_files(aoi_cfg.path)})
+    aoi = load_aoi(aoi_cfg, fetch.aoi, zoom=fetch.zoom, max_tiles=cfg.max_tiles)
     with ExitStack() as stack:
         target: Target
         if source_cfg.kind == "sample":
@@ -93,7 +105,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         else:
             assert source_cfg.url is not None
             target = xyz_target(source_cfg.url, fetch.layer, fetch.format, source_cfg.attribution)
-        report = harvest_aoi(target, aoi, fetch.zoom, store_path(args.key), cfg, label=args.key,
+        report = harvest_aoi(target, aoi, fetch.zoom, out, cfg, label=args.key,
                              progress=not args.quiet)
     print(report.summary(), flush=True)
     return 0
@@ -134,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="D", help="persistent tile cache (default .tilecache)")
     p.add_argument("--max-tiles", type=int, metavar="N", help="refuse covers larger than N tiles")
     p.add_argument("--max-retries", type=int, metavar="N", help="retries per tile (default 5)")
+    p.add_argument("--request-deadline-s", type=float, metavar="S",
+                   help="most seconds one request may take in all, however slowly the server answers "
+                        "(default 120)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_harvest)
 

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.core.config import load_params
+    from pipeline.core.outputs import FOLDER, Output, check_outputs
     from pipeline.core.paths import DATASETS_DIR
     from pipeline.training.devices import distributed_from_env
     from pipeline.training.loop import plan_run, summary_line, train
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     plan = plan_run(args.ablation, params, out_dir=args.out, steps=args.steps,
                     datasets_dir=args.datasets or DATASETS_DIR)
+    check_outputs([Output("--out", plan.out_dir, FOLDER)],
+                  {"the dataset": [plan.dataset_dir], "--params": [args.params]})
     resume = args.resume
     if args.resume_interrupted_only:
         from pipeline.training.loop import resume_decision
