@@ -55,14 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.core.config import load_params
     from pipeline.core.paths import DATASETS_DIR
     from pipeline.training.devices import distributed_from_env
-    from pipeline.training.loop import plan_run, summary_line, train
+    from pipeline.training.loop import summary_line, train
+    from pipeline.training.plan import plan_run
 
     params = load_params(args.params)
     plan = plan_run(args.ablation, params, out_dir=args.out, steps=args.steps,
                     datasets_dir=args.datasets or DATASETS_DIR)
     resume = args.resume
     if args.resume_interrupted_only:
-        from pipeline.training.loop import resume_decision
+        from pipeline.training.resume import resume_decision
 
         resume, why = resume_decision(plan)
         if why and distributed_from_env().is_main:
