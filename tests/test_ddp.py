@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pipeline.training.checkpoint import read_checkpoint
-from pipeline.training.loop import plan_run, train
+from pipeline.training.loop import train
+from pipeline.training.plan import plan_run
 from tests.conftest import ROOT
 from tests.tiny_gan import tiny_params, write_params, write_tiny_dataset
 

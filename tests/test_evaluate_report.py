@@ -77,7 +77,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(workdir: Path) -> Path:
     """Two real pix2pix ablations (RGB and Lab), trained 3 steps each."""
-    from pipeline.training.loop import plan_run, train
+    from pipeline.training.loop import train
+    from pipeline.training.plan import plan_run
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)

@@ -46,10 +46,6 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
-def is_enabled() -> bool:
-    return _enabled
-
-
 def _filter_transform(w: torch.Tensor) -> torch.Tensor:
     """(K, C, 3, 3) -> (16, K, C): G g G^T per filter."""
     g = torch.tensor(_G, dtype=w.dtype, device=w.device)

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
 
 from pipeline.core.config import SplitConfig
-from pipeline.datasets.storage import SPLITS
 from pipeline.geo.tiles import TileId
 
 GUARD = "guard_band"
@@ -91,14 +89,3 @@ class SplitPlan:
         """'train', 'val', 'test', or GUARD for a tile discarded by the guard band."""
         return GUARD if self.in_guard_band(tile) else self.split(tile)
 
-
-def assign_splits(tiles: Iterable[TileId], cfg: SplitConfig) -> dict[TileId, str]:
-    plan = SplitPlan(cfg)
-    return {t: plan.assign(t) for t in tiles}
-
-
-def split_counts(assignment: dict[TileId, str]) -> dict[str, int]:
-    counts = dict.fromkeys((*SPLITS, GUARD), 0)
-    for split in assignment.values():
-        counts[split] += 1
-    return counts

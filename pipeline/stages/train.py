@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.core.outputs import FOLDER, Output, check_outputs
     from pipeline.core.paths import DATASETS_DIR
     from pipeline.training.devices import distributed_from_env
-    from pipeline.training.loop import plan_run, summary_line, train
+    from pipeline.training.loop import summary_line, train
+    from pipeline.training.plan import plan_run
 
     params = load_params(args.params)
     plan = plan_run(args.ablation, params, out_dir=args.out, steps=args.steps,
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                   {"the dataset": [plan.dataset_dir], "--params": [args.params]})
     resume = args.resume
     if args.resume_interrupted_only:
-        from pipeline.training.loop import resume_decision
+        from pipeline.training.resume import resume_decision
 
         resume, why = resume_decision(plan)
         if why and distributed_from_env().is_main:
