@@ -18,8 +18,11 @@ returns float64 features (N, d) and logits (N, classes):
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import logging
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cache
@@ -51,6 +54,18 @@ __all__ = [
 ]
 
 
+@cache
+def source_digest(modules: tuple[str, ...]) -> str:
+    """sha256 over the source files of `modules` (imported): changes whenever their code does."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        path = inspect.getsourcefile(sys.modules[name])
+        if path is None:
+            raise ValueError(f"no source file for module {name}")
+        digest.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Extraction:
     """Features (N, d) and logits (N, classes) of one image set, float64."""
@@ -70,6 +85,8 @@ class FeatureExtractor(ABC):
     num_classes: int
     # True only for the FID Inception with its real weights: only its metrics are FID/IS/KID.
     is_reference_inception: bool = False
+    # Modules besides the extractor's and its network's whose code changes the features.
+    extra_feature_modules: tuple[str, ...] = ()
 
     def __init__(self, network: torch.nn.Module) -> None:
         self.network = network.eval()
@@ -77,6 +94,17 @@ class FeatureExtractor(ABC):
             p.requires_grad_(False)
         self.channels_last = False
         self.set_channels_last(True)
+
+    def identity(self) -> dict[str, object]:
+        """Everything that decides this extractor's features: a cache of features must be keyed
+        by all of it (weights, preprocessing, memory layout, torch version, and the source of
+        the modules that compute them), so a change to any of them never reuses stale features."""
+        modules = (type(self).__module__, type(self.network).__module__, "eval.weights",
+                   *self.extra_feature_modules)
+        return {"extractor": type(self).__qualname__, "name": self.name,
+                "weights_sha256": self.weights_sha256, "input_size": self.input_size,
+                "resize": self.resize, "channels_last": self.channels_last,
+                "torch": torch.__version__, "source_sha256": source_digest(tuple(sorted(set(modules))))}
 
     def set_channels_last(self, enabled: bool) -> None:
         """Run convolutions in NHWC memory layout: 1.3-2x faster on CPU (bench/eval_speed.py),

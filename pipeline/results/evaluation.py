@@ -14,7 +14,6 @@ resize methods (see eval.scores and docs/metrics.md), and whether the input is s
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,9 @@ from pipeline.datasets.storage import (
     open_split,
     read_info,
 )
+from pipeline.results.feature_cache import cached_target_extractions
 
 SAMPLES_DIR = REPORTS_DIR / "samples"
-FEATURE_CACHE = Path(".cache/features")
 GRID_TILES = 6  # test tiles shown in each sample grid
 
 
@@ -105,33 +104,6 @@ def layer_predictions(store_path: Path, tiles: list[tuple[int, int, int]]
             preds[i] = rgba[..., :3]
             usable[i] = True
     return preds, usable
-
-
-# --------------------------------------------------------------------------- features
-def cached_target_extractions(targets: np.ndarray, extractors: list[Any], *, batch_size: int,
-                              progress: bool) -> dict[str, Any]:
-    """Target features are the same for every ablation of a dataset: extract them once.
-
-    The cache is keyed by the sha256 of the target pixels and of the extractor's weights,
-    so it can never return features of other images or another network.
-    """
-    from eval.extractors import Extraction
-
-    digest = hashlib.sha256(np.ascontiguousarray(targets).tobytes()).hexdigest()[:24]
-    out: dict[str, Any] = {}
-    for ex in extractors:
-        path = FEATURE_CACHE / f"{digest}-{ex.name}-{(ex.weights_sha256 or 'none')[:16]}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as npz:
-                out[ex.name] = Extraction(features=npz["features"], logits=npz["logits"])
-            continue
-        extraction = ex.extract(targets, batch_size, layout="NHWC", progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, features=extraction.features, logits=extraction.logits)
-        tmp.replace(path)
-        out[ex.name] = extraction
-    return out
 
 
 # --------------------------------------------------------------------------- outputs
