@@ -92,6 +92,20 @@ class SplitPlan:
         return GUARD if self.in_guard_band(tile) else self.split(tile)
 
 
+class WholeAreaPlan:
+    """A held-out area: every tile in one split (no blocks, no guard band: nothing of this
+    area is trained on, so nothing can leak into it)."""
+
+    def __init__(self, split: str = "test") -> None:
+        self._split = split
+
+    def split(self, tile: TileId) -> str:
+        return self._split
+
+    def in_guard_band(self, tile: TileId) -> bool:
+        return False
+
+
 def assign_splits(tiles: Iterable[TileId], cfg: SplitConfig) -> dict[TileId, str]:
     plan = SplitPlan(cfg)
     return {t: plan.assign(t) for t in tiles}
