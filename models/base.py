@@ -95,6 +95,9 @@ class GANModel(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[ModelOptions]] = ModelOptions
     paired: ClassVar[bool] = True  # False: the trainer feeds independent A and B
+    # True: colourise() draws a random latent code (multimodal output); the evaluator seeds the
+    # draws and scores several of them.
+    samples_latent: ClassVar[bool] = False
 
     def __init__(self, opts: ModelOptions, device: torch.device) -> None:
         self.opts = opts

@@ -74,6 +74,7 @@ class BicycleGANModel(ColourGAN):
     Options = BicycleGANOptions
     opts: BicycleGANOptions
     paired = True
+    samples_latent = True  # z ~ N(0, I) at inference: one output among many
 
     def __init__(self, opts: BicycleGANOptions, device: torch.device) -> None:
         super().__init__(opts, device)

@@ -89,12 +89,13 @@ class HarvestConfig(Strict):
 
 # --------------------------------------------------------------------------- sample
 class FilmConfig(Strict):
-    """Deterministic film emulation that makes the SYNTHETIC 'historic' sample layer.
+    """Deterministic film emulation that makes the SYNTHETIC 'historic' sample layers
+    (`<source>_film` for each source layer: the training area's and the held-out area's).
 
     Steps and their order are documented in pipeline/sample/film.py.
     """
 
-    source_layer: str = "erie_2011"
+    source_layers: tuple[str, ...] = Field(default=("erie_2011",), min_length=1)
     seed: int = 1974  # grain noise field
     # Panchromatic response over the source bands (R, G, B, NIR); normalised to sum 1.
     band_weights: tuple[float, float, float, float] = (0.30, 0.45, 0.20, 0.05)
@@ -152,12 +153,27 @@ class AlignConfig(Strict):
     export_layouts: bool = True  # pix2pix aligned A|B PNGs and unpaired trainA/trainB folders
 
 
+class HeldoutConfig(Strict):
+    """An area never used for training or model selection, scored like the test split.
+
+    Its stores must not overlap the dataset's own (the align stage checks); every tile with
+    data goes into the held-out split (no blocks, no guard band).
+    """
+
+    target: str  # fetch key of the area's colour tile store
+    historic: str | None = None  # fetch key of its historic store (datasets whose input is historic)
+    # What differs from the training area that the tile stores do not say (year, season, sensor):
+    # copied into the report beside the zoom and pixel size the align stage measures.
+    note: str = ""
+
+
 class DatasetConfig(Strict):
     """A training dataset built by one align stage."""
 
     input: Literal["gray", "historic"]
     target: str  # fetch key of the modern colour tile store
     historic: str | None = None  # fetch key of the historic tile store (input: historic)
+    heldout: HeldoutConfig | None = None
 
     @model_validator(mode="after")
     def _historic_store(self) -> DatasetConfig:
@@ -165,6 +181,9 @@ class DatasetConfig(Strict):
             raise ValueError("input 'historic' needs `historic`: the fetch key of the historic layer")
         if self.input == "gray" and self.historic:
             raise ValueError("input 'gray' is made from the target; remove `historic`")
+        if self.heldout is not None and (self.input == "historic") != bool(self.heldout.historic):
+            raise ValueError("`heldout.historic` is needed exactly when the input is historic "
+                             "(the held-out area's historic layer)")
         return self
 
 
@@ -247,6 +266,11 @@ class AblationConfig(Strict):
 # --------------------------------------------------------------------------- evaluate
 class EvaluateConfig(Strict):
     batch_size: int = Field(default=16, ge=1)
+    # Tile bootstrap (eval/bootstrap.py): replicates, two-sided confidence; seeded by `seed`.
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    # Models that sample a latent code (BicycleGAN) are scored over this many seeded draws.
+    z_draws: int = Field(default=3, ge=1)
     # pytorch-fid's pt_inception-2015-12-05-6726825d.pth; also looked up through the
     # LUMINESCENCE_INCEPTION_WEIGHTS environment variable and the torch hub cache.
     inception_weights: str | None = None
@@ -258,16 +282,24 @@ class EvaluateConfig(Strict):
 
 
 class BaselineConfig(Strict):
-    """Score something that is not one of our models through the evaluation code."""
+    """Score something that is not one of our models through the evaluation code.
 
-    kind: Literal["input", "layer"]
+    input: the gray input itself; layer: another harvested layer's tiles; lut: the mean a*b*
+    of the train split's pixels per L* bin; transfer: the train split's Lab mean and std
+    (pipeline/results/baselines.py). lut and transfer are fitted on the train split only.
+    """
+
+    kind: Literal["input", "layer", "lut", "transfer"]
     dataset: str
     layer: str | None = None  # fetch key of a tile store whose tiles are the predictions
+    heldout_layer: str | None = None  # the same layer over the held-out area, if there is one
 
     @model_validator(mode="after")
     def _layer_for_layer(self) -> BaselineConfig:
         if self.kind == "layer" and not self.layer:
             raise ValueError("a baseline of kind 'layer' needs `layer`: a fetch key")
+        if self.kind != "layer" and (self.layer or self.heldout_layer):
+            raise ValueError(f"a baseline of kind '{self.kind}' takes no `layer`/`heldout_layer`")
         return self
 
 
@@ -311,12 +343,22 @@ class Params(Strict):
             _check_ref(f"datasets.{key}.target", ds.target, self.fetch)
             if ds.historic:
                 _check_ref(f"datasets.{key}.historic", ds.historic, self.fetch)
+            if ds.heldout is not None:
+                _check_ref(f"datasets.{key}.heldout.target", ds.heldout.target, self.fetch)
+                if ds.heldout.historic:
+                    _check_ref(f"datasets.{key}.heldout.historic", ds.heldout.historic, self.fetch)
+                used = {ds.target, ds.historic} - {None}
+                if {ds.heldout.target, ds.heldout.historic} & used:
+                    raise ConfigError(f"params.yaml: `datasets.{key}.heldout` reuses a tile store of the "
+                                      "training area; a held-out area needs stores of its own")
         for key, ab in self.ablations.items():
             _check_ref(f"ablations.{key}.dataset", ab.dataset, self.datasets)
         for key, bl in self.baselines.items():
             _check_ref(f"baselines.{key}.dataset", bl.dataset, self.datasets)
             if bl.layer:
                 _check_ref(f"baselines.{key}.layer", bl.layer, self.fetch)
+            if bl.heldout_layer:
+                _check_ref(f"baselines.{key}.heldout_layer", bl.heldout_layer, self.fetch)
         if self.colourise:
             _check_ref("colourise.ablation", self.colourise.ablation, self.ablations)
             _check_ref("colourise.store", self.colourise.store, self.fetch)

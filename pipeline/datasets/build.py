@@ -40,9 +40,10 @@ from pipeline.core.outputs import Output, check_outputs
 from pipeline.core.paths import DATASETS_DIR, TILES_DIR, store_path
 from pipeline.datasets.figures import OffsetPoint, contact_sheet_figure, offsets_figure, split_map_figure
 from pipeline.datasets.pairing import InputReader, PairingError, TileGrid, Undecodable, grid_of
-from pipeline.datasets.splits import GUARD, SplitPlan
+from pipeline.datasets.splits import GUARD, SplitPlan, WholeAreaPlan
 from pipeline.datasets.storage import (
     DATASET_FOLDER,
+    HELDOUT,
     SPLITS,
     DatasetInfo,
     atomic_write_bytes,
@@ -135,20 +136,22 @@ def _status_drop(status: TileStatus) -> str | None:
 
 
 def align_pairs(name: str, ds: DatasetConfig, params: Params, target: TileStore,
-                source: TileStore | None, *, progress: bool = True) -> AlignResult:
-    """Pair, filter, register and split every target tile; arrays in memory."""
+                source: TileStore | None, *, progress: bool = True,
+                plan: SplitPlan | WholeAreaPlan | None = None) -> AlignResult:
+    """Pair, filter, register and split every target tile; arrays in memory.
+
+    `plan` decides each tile's split (default: spatial blocks of align.splits)."""
     cfg = params.align
     target_grid = grid_of(target, "target")
     reader = None
-    if ds.input == "historic":
-        assert source is not None
+    if source is not None:
         reader = InputReader(source, grid_of(source, "historic"), target_grid, formula=cfg.luma,
                              resampling=cfg.resampling, max_shift_px=cfg.offset.apply_below_px)
 
     drops: Counter[str] = Counter()
     categories: dict[TileId, str] = {}
     statuses = target.statuses()
-    plan = SplitPlan(cfg.splits)
+    plan = plan if plan is not None else SplitPlan(cfg.splits)
     candidates: dict[str, list[tuple[TileId, list[TileId]]]] = {s: [] for s in SPLITS}
     overlap = 0
     for tile in sorted(statuses):
@@ -401,6 +404,54 @@ def publish(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass
+class HeldoutResult:
+    pairs: np.ndarray  # (N, 256, 256, 4) like a split
+    rows: list[dict[str, object]]  # manifest rows, split "heldout"
+    info: dict[str, object]  # for dataset.json and summary.json
+
+
+def align_heldout(name: str, ds: DatasetConfig, params: Params, tiles_dir: Path, training_tiles: set[TileId],
+                  *, progress: bool = True) -> HeldoutResult:
+    """Every tile of the held-out area, paired and registered exactly like the dataset's own."""
+    assert ds.heldout is not None
+    ho = ds.heldout
+    target = open_store(tiles_dir, ho.target, "held-out target")
+    source = None
+    try:
+        if ds.input == "historic":
+            assert ho.historic is not None
+            source = open_store(tiles_dir, ho.historic, "held-out historic")
+        result = align_pairs(f"{name} (held-out)", ds, params, target, source, progress=progress,
+                             plan=WholeAreaPlan("test"))
+        grid = grid_of(target, "held-out target")
+        t_meta = target.metadata
+        i_meta = source.metadata if source is not None else t_meta
+    finally:
+        target.close()
+        if source is not None:
+            source.close()
+    pairs = result.pairs["test"]
+    overlap = {p.tile for p in pairs} & training_tiles
+    if overlap:
+        raise AlignError(f"dataset '{name}': the held-out area shares {len(overlap)} tiles with the training "
+                         f"area (e.g. {min(overlap)}); datasets.{name}.heldout must be another area")
+    target_layer = t_meta.get("layer", ho.target)
+    input_layer = i_meta.get("layer", ho.historic) if ds.input == "historic" else f"{target_layer} (luma)"
+    meta = {"input_kind": ds.input, "input_layer": input_layer, "target_layer": target_layer,
+            "target_store": str(store_path(ho.target, tiles_dir)),
+            "input_store": str(store_path(ho.historic or ho.target, tiles_dir))}
+    rows = [{**row, "split": HELDOUT} for row in manifest_rows(result, grid, meta)]
+    info: dict[str, object] = {
+        "count": len(pairs), "input_layer": input_layer, "target_layer": target_layer,
+        "target_store": meta["target_store"], "input_store": meta["input_store"],
+        "aoi": t_meta.get("aoi", "?"), "synthetic_input": i_meta.get("synthetic", "false").lower() == "true",
+        "zoom": grid.zoom, "metres_per_px": grid.pixel_size * grid.ground_metres_per_crs_unit(pairs[0].tile),
+        "dropped": dict(sorted(result.drops.items())), "note": ho.note,
+    }
+    return HeldoutResult(result.arrays["test"], rows, info)
+
+
 def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
                   out_dir: Path = DATASETS_DIR, progress: bool = True) -> dict[str, object]:
     """Build data/datasets/<name>/ and return its summary (also written as summary.json)."""
@@ -441,6 +492,10 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
                         "a larger AOI or a smaller align.splits.block_size fills it", name, split,
                         cfg.splits.block_size)
 
+    heldout = None
+    if ds.heldout is not None:
+        trained_on = {p.tile for split in SPLITS for p in result.pairs[split]}
+        heldout = align_heldout(name, ds, params, Path(tiles_dir), trained_on, progress=progress)
     stats = offset_stats(result, grid) if ds.input == "historic" else None
     metres_per_px = grid.pixel_size * grid.ground_metres_per_crs_unit(
         next(p.tile for s in SPLITS for p in result.pairs[s]))
@@ -466,6 +521,7 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
                    "fractions": {"train": cfg.splits.train, "val": cfg.splits.val, "test": cfg.splits.test},
                    "realised": {s: n / max(1, summary_pairs) for s, n in result.counts.items()}},
         "colour_input_tiles": result.colour_input_tiles,
+        "heldout": heldout.info if heldout is not None else None,
         "summary": line,
     }
 
@@ -478,7 +534,11 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
     try:
         for split in SPLITS:
             write_split(tmp, split, result.arrays[split])
-        atomic_write_bytes(tmp / "manifest.csv", _csv_bytes(manifest_rows(result, grid, meta)))
+        rows = manifest_rows(result, grid, meta)
+        if heldout is not None:
+            write_split(tmp, HELDOUT, heldout.pairs)
+            rows += heldout.rows
+        atomic_write_bytes(tmp / "manifest.csv", _csv_bytes(rows))
         if cfg.export_layouts:
             write_layouts(tmp, result)
         title = f"{name}: {input_layer} -> {target_layer}"
@@ -500,10 +560,14 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
         write_info(tmp, DatasetInfo(name=name, input_kind=ds.input, input_layer=input_layer,
                                     target_layer=target_layer, synthetic_input=synthetic,
                                     tile_size=TILE_SIZE, zoom=grid.zoom, luma=cfg.luma,
-                                    counts=result.counts))  # last: marks the folder complete
+                                    counts=result.counts,
+                                    heldout=heldout.info if heldout is not None else None))  # last: complete
         publish(tmp, out_dir / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("%s", line)
+    if heldout is not None:
+        log.info("held-out area of %s: %d pairs of %s -> %s (z%s)", name, heldout.info["count"],
+                 heldout.info["input_layer"], heldout.info["target_layer"], heldout.info["zoom"])
     return summary

@@ -89,3 +89,17 @@ class SplitPlan:
         """'train', 'val', 'test', or GUARD for a tile discarded by the guard band."""
         return GUARD if self.in_guard_band(tile) else self.split(tile)
 
+
+
+class WholeAreaPlan:
+    """A held-out area: every tile in one split (no blocks, no guard band: nothing of this
+    area is trained on, so nothing can leak into it)."""
+
+    def __init__(self, split: str = "test") -> None:
+        self._split = split
+
+    def split(self, tile: TileId) -> str:
+        return self._split
+
+    def in_guard_band(self, tile: TileId) -> bool:
+        return False

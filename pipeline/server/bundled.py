@@ -1,4 +1,4 @@
-"""The bundled sample as WMTS layers: the NYSDOP colour orthophotos and the SYNTHETIC film layer.
+"""The bundled sample as WMTS layers: the NYSDOP colour orthophotos and the SYNTHETIC film layers.
 
 `serve_sample` serves them on 127.0.0.1 for the duration of a block (what the fetch stage
 harvests, and `python -m pipeline.stages.serve` shows); `sample_service_key` is the cache
@@ -18,7 +18,7 @@ import rasterio
 
 from pipeline.core.config import SampleConfig
 from pipeline.sample import film as film_module
-from pipeline.sample.film import SYNTHETIC_NOTE, build_film_layer, raster_files
+from pipeline.sample.film import SYNTHETIC_NOTE, build_film_layer, film_layer_id, raster_files
 from pipeline.server import layers as layers_module
 from pipeline.server import rendering as rendering_module
 from pipeline.server.errors import ServerError
@@ -36,7 +36,7 @@ def _year(name: str) -> str:
 
 
 def sample_layers(sample: SampleConfig) -> list[LayerSource]:
-    """The bundled NYSDOP layers (colour, NIR dropped) and the SYNTHETIC film layer (built if needed)."""
+    """The bundled NYSDOP layers (colour, NIR dropped) and the SYNTHETIC film layers (built if needed)."""
     data_dir = Path(sample.data_dir)
     if not data_dir.is_dir():
         raise ServerError(f"sample folder {data_dir} does not exist; set sample.data_dir in params.yaml")
@@ -54,21 +54,22 @@ def sample_layers(sample: SampleConfig) -> list[LayerSource]:
             "file(s); the near-infrared band is dropped.",
             paths=paths, bands=(1, 2, 3), formats=("png", "jpeg"),
             keywords=("orthoimagery", "colour", "NYSDOP", year), attribution=NYSDOP_ATTRIBUTION))
-    film = sample.film
-    if film.source_layer not in {layer.id for layer in layers}:
-        raise ServerError(f"sample.film.source_layer '{film.source_layer}' is not a folder of {data_dir}")
-    film_tif = build_film_layer(sample)
-    note = SYNTHETIC_NOTE.format(src=film.source_layer)
-    layers.append(LayerSource(
-        id=f"{film.source_layer}_film",
-        title=f"{film.source_layer}_film — {note}",
-        abstract=f"{note}. Made by pipeline/sample/film.py from the {film.source_layer} colour orthophoto: "
-        "panchromatic weighting of R, G, B and NIR, lens/scan blur, per-frame vignetting, an S-shaped "
-        "characteristic curve with gamma, and seeded film grain (parameters: params.yaml sample.film). "
-        "Use it as a stand-in for a historic grayscale aerial photograph only.",
-        paths=(film_tif,), bands=(1,), formats=("png",),
-        keywords=("synthetic", "film emulation", "panchromatic", "grayscale"), synthetic=True,
-        attribution=f"SYNTHETIC; derived from {film.source_layer}. {NYSDOP_ATTRIBUTION}"))
+    known = {layer.id for layer in layers}
+    for source_layer in sample.film.source_layers:
+        if source_layer not in known:
+            raise ServerError(f"sample.film.source_layers: '{source_layer}' is not a folder of {data_dir}")
+        film_tif = build_film_layer(sample, source_layer=source_layer)
+        note = SYNTHETIC_NOTE.format(src=source_layer)
+        layers.append(LayerSource(
+            id=film_layer_id(source_layer),
+            title=f"{film_layer_id(source_layer)} — {note}",
+            abstract=f"{note}. Made by pipeline/sample/film.py from the {source_layer} colour orthophoto: "
+            "panchromatic weighting of R, G, B and NIR, lens/scan blur, per-frame vignetting, an S-shaped "
+            "characteristic curve with gamma, and seeded film grain (parameters: params.yaml sample.film). "
+            "Use it as a stand-in for a historic grayscale aerial photograph only.",
+            paths=(film_tif,), bands=(1,), formats=("png",),
+            keywords=("synthetic", "film emulation", "panchromatic", "grayscale"), synthetic=True,
+            attribution=f"SYNTHETIC; derived from {source_layer}. {NYSDOP_ATTRIBUTION}"))
     return layers
 
 

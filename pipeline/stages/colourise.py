@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=lambda t: _count(t, 0), default=None,
                         help="context pixels around each tile (default: the smallest >= 32 that fits the "
                              "generator)")
-    parser.add_argument("--luma", choices=["rec601", "rec709"], default="rec601",
-                        help="gray conversion for colour input tiles (default rec601, as align)")
+    parser.add_argument("--luma", choices=["rec601", "rec709"], default=None,
+                        help="gray conversion for colour input tiles (default: rec601; with --stage, "
+                             "params.yaml align.luma, the one the models were trained on)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     parser.add_argument("--batch-size", type=lambda t: _count(t, 1), default=4,
                         help="tiles per model call (default 4)")
@@ -60,9 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.core.config import load_params
         from pipeline.core.paths import COLOURISED_DIR, REPORTS_DIR, RUNS_DIR, store_path
 
-        cfg = load_params().colourise
+        params = load_params()
+        cfg = params.colourise
         if cfg is None:
             raise ColouriseError("params.yaml has no `colourise` section (ablation, store)")
+        # The models saw gray made with align.luma: a colour input must be converted the same way.
+        if args.luma is not None and args.luma != params.align.luma:
+            raise ColouriseError(f"--luma {args.luma} differs from params.yaml align.luma "
+                                 f"({params.align.luma}), which the models were trained on; drop --luma")
+        args.luma = params.align.luma
         args.model = RUNS_DIR / cfg.ablation / "model.pt"
         args.store = store_path(cfg.store)
         args.out = COLOURISED_DIR / f"{cfg.store}.mbtiles"
@@ -73,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not (args.model and args.store and args.out):
         parser.error("--model, --store and --out are required (or --stage)")
     print(run(args.model, args.store, args.out, geotiff=args.geotiff, preview=args.preview,
-              margin=args.margin, luma=args.luma, device_name=args.device, batch_size=args.batch_size,
-              progress=not args.no_progress))
+              margin=args.margin, luma=args.luma or "rec601", device_name=args.device,
+              batch_size=args.batch_size, progress=not args.no_progress))
     return 0
 
 

@@ -2,6 +2,13 @@
 
     luminescence evaluate ABLATION          # a trained model  -> metrics/ABLATION.json
     luminescence evaluate --baseline NAME   # a baseline       -> metrics/baseline_NAME.json
+
+Baselines go through the same scoring code as the models: `input` scores the grayscale
+input itself (the floor every colouriser must beat), `lut` and `transfer` colour it from
+the train split's statistics alone, `layer` scores the tiles of another harvested layer
+(e.g. Academia Sinica's own AI colourisation, or the sample's real 2011 colours).
+metrics/<name>.json holds the headline numbers; reports/evaluation/<name>.json their
+intervals, N, the extractors' provenance and the rest (pipeline/results/evaluation.py).
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from pipeline.results.evaluation import evaluate, summary_line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luminescence evaluate",
-        description="Colourise a dataset's test split with a trained ablation (or score a baseline) "
-                    "and write metrics/<name>.json and reports/samples/<name>.png.")
+        description="Colourise a dataset's test split and held-out area with a trained ablation (or "
+                    "score a baseline) and write metrics/<name>.json (headline numbers), "
+                    "reports/evaluation/<name>.json and .npz (intervals, provenance, bootstrap "
+                    "replicates) and reports/samples/<name>.png.")
     parser.add_argument("name", help="an ablation of params.yaml (or, with --baseline, a baseline)")
     parser.add_argument("--baseline", action="store_true",
                         help="NAME is a key of `baselines` in params.yaml")
