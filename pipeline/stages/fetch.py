@@ -12,8 +12,6 @@ the project's loopback WMTS server (pipeline.server.wmts) and harvested like any
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -115,23 +113,10 @@ def run(target: Target, aoi: Aoi, zoom: int, out: Path, cfg: HarvestConfig, *, l
 
 # --------------------------------------------------------------------------- sample source
 def sample_service_key(params: Params) -> str:
-    """A stable cache identity for the bundled sample (the server's port changes every run).
+    """A stable cache identity for the bundled sample (the server's port changes every run)."""
+    from pipeline.server.sample_identity import sample_service_key as key
 
-    It hashes what the served tiles depend on: the sample config (film emulation included), the
-    sample files (names and sizes) and the server's code, so changing any of them never reuses
-    stale cached tiles.
-    """
-    h = hashlib.sha256(json.dumps(params.sample.model_dump(mode="json"), sort_keys=True).encode())
-    data_dir = Path(params.sample.data_dir)
-    if data_dir.is_dir():
-        for f in sorted(p for p in data_dir.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(data_dir)}:{f.stat().st_size};".encode())
-    here = Path(__file__).resolve().parent
-    for module in ("wmts_server.py", "film.py"):
-        path = here / module
-        if path.exists():
-            h.update(path.read_bytes())
-    return f"sample:{h.hexdigest()[:16]}"
+    return key(params.sample)
 
 
 @contextmanager

@@ -1,0 +1,62 @@
+"""Test support: a real pix2pix trained briefly on real tiles, for the web app's tests.
+
+Not a test module. The model is the project's pix2pix (U-Net 128, RGB output, 1/16 of the
+reference width) trained for a few dozen steps on real NYSDOP erie_2021 z18 tiles (their luma
+-> their colours), through the project's own training loop. It is far from converged: the
+tests use it to check the app's plumbing and that colour comes out, not colour quality.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.core.config import parse_params
+from pipeline.datasets.pairing import luma
+from pipeline.datasets.storage import DatasetInfo, write_info, write_split
+from pipeline.geo.tiles import TILE_SIZE
+from tests.imagery import ERIE_Z18, cut_tiles, render_mosaic
+
+ZOOM = 18
+NX, NY = 3, 2
+
+
+def train_app_model(folder: Path, steps: int = 30, lr: float = 0.002) -> Path:
+    """Train and return folder/runs/app_p2p/model.pt."""
+    import torch
+
+    from pipeline.training.loop import plan_run, train
+
+    x0, y0 = ERIE_Z18.x - 1, ERIE_Z18.y
+    tiles = cut_tiles(render_mosaic("erie_2021", ZOOM, x0, y0, NX, NY), ZOOM, x0, y0)
+    order = sorted(tiles)
+    root = folder / "data" / "datasets" / "real"
+    splits = {"train": order[:-1], "val": order[-1:]}
+    for split, ids in splits.items():
+        pairs = [np.dstack([luma(tiles[t][..., :3]), tiles[t][..., :3]]) for t in ids]
+        write_split(root, split, np.stack(pairs))
+    write_info(root, DatasetInfo(name="real", input_kind="gray", input_layer="erie_2021 (luma)",
+                                 target_layer="erie_2021", synthetic_input=False, tile_size=TILE_SIZE,
+                                 zoom=ZOOM, luma="rec601", counts={k: len(v) for k, v in splits.items()}))
+    params = parse_params({
+        "sources": {"sample": {"kind": "sample"}},
+        "aois": {"a": {"path": "aoi/none.shp"}},
+        "fetch": {"erie": {"source": "sample", "layer": "erie_2021", "aoi": "a", "zoom": ZOOM}},
+        "datasets": {"real": {"input": "gray", "target": "erie"}},
+        "train": {"preset": "t", "seed": 0, "val_every": steps, "checkpoint_every": steps,
+                  "num_val_samples": 1, "device": "cpu",
+                  "presets": {"t": {"crop_size": 128, "load_size": 256, "width_scale": 0.0625,
+                                    "steps": steps, "decay_steps": steps // 2, "unet": "unet_128"}}},
+        "ablations": {"app_p2p": {"model": "pix2pix", "dataset": "real", "lr": lr}},
+    })
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(folder)
+            train(plan_run("app_p2p", params), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "runs" / "app_p2p" / "model.pt"
