@@ -26,7 +26,9 @@ from shapely.geometry import LineString, box
 from pipeline.core.config import HarvestConfig, SampleConfig, load_params
 from pipeline.geo.tilecache import SourceKey, TileCache
 from pipeline.geo.tilestore import TileStatus, TileStore, decode_tile
-from pipeline.server.wmts import FaultPlan, WmtsServer, serve_sample
+from pipeline.server.bundled import serve_sample
+from pipeline.server.faults import FaultPlan
+from pipeline.server.httpd import WmtsServer
 from pipeline.stages.fetch import main, run, wmts_target
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@
     python -m pipeline.stages.fetch stage KEY          (what dvc.yaml runs for fetch@KEY)
 
 The stage and the harvest command run the same code: the bundled sample is served over HTTP by
-the project's loopback WMTS server (pipeline.server.wmts) and harvested like any other WMTS.
+the project's loopback WMTS server (pipeline.server) and harvested like any other WMTS.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def sample_service_key(params: Params) -> str:
 
 @contextmanager
 def _sample_server(params: Params) -> Iterator[str]:
-    from pipeline.server.wmts import serve_sample
+    from pipeline.server.bundled import serve_sample
 
     with serve_sample(params.sample) as server:
         yield server.capabilities_url
