@@ -64,7 +64,7 @@ class WebApp:
 @contextmanager
 def _sample_wmts(sample, state: AppState) -> Iterator[object]:  # type: ignore[no-untyped-def]
     """The bundled sample's WMTS (only the layers the views use are prepared)."""
-    from pipeline.server.wmts import serve_sample
+    from pipeline.server.bundled import serve_sample
 
     used = sorted({layer.cfg.layer for v in state.views.values() for layer in (v.historic, v.modern)
                    if layer.source_cfg.kind == "sample"})

@@ -62,8 +62,8 @@ class AsgiServer:
         # h11 (pure Python) keeps the stack to pinned pure-Python packages; keep-alive lets a
         # harvester reuse its connections.
         config = uvicorn.Config(app, http="h11", loop="asyncio", lifespan="on", access_log=access_log,
-                                log_level=log_level, timeout_keep_alive=60, timeout_graceful_shutdown=2,
-                                server_header=False)
+                                log_level="info" if access_log else log_level, timeout_keep_alive=60,
+                                timeout_graceful_shutdown=2, server_header=False)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
         del bound_host
