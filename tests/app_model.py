@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core.config import parse_params
+from pipeline.core.config import Params, parse_params
 from pipeline.datasets.pairing import luma
 from pipeline.datasets.storage import DatasetInfo, write_info, write_split
 from pipeline.geo.tiles import TILE_SIZE
-from tests.imagery import ERIE_Z18, cut_tiles, render_mosaic
+from tests.imagery import ERIE_Z18, ROOT, cut_tiles, render_mosaic
 
 ZOOM = 18
 NX, NY = 3, 2
@@ -60,3 +60,37 @@ def train_app_model(folder: Path, steps: int = 30, lr: float = 0.002) -> Path:
     finally:
         torch.set_num_threads(threads)
     return folder / "runs" / "app_p2p" / "model.pt"
+
+
+def app_params(model: Path, data_dir: Path, **app: object) -> Params:
+    """The repository's params.yaml with one small test view (the erie village at z18: the
+    SYNTHETIC film layer against erie_2021) colourised by `model`."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    # Absolute paths: module-scoped fixtures may run before the tests' chdir to the repository.
+    data["sample"]["data_dir"] = str(ROOT / data["sample"]["data_dir"])
+    for aoi in data["aois"].values():
+        aoi["path"] = str(ROOT / aoi["path"])
+    data["app"] = {
+        "model": str(model), "data_dir": str(data_dir), "port": 0, "batch_wait_ms": 100,
+        "export_max_tiles": 12, "upload": {"max_bytes": 2_000_000, "max_pixels": 1_000_000},
+        "views": {"erie": {"title": "Erie village (test)", "aoi": "erie_village", "zoom": ZOOM,
+                           "historic": {"source": "sample", "layer": "erie_2011_film"},
+                           "modern": {"source": "sample", "layer": "erie_2021"}}},
+        **app,
+    }
+    return parse_params(data)
+
+
+def derived_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the sample's film layer and cached mosaics go: pytest's cache when there is one
+    (shared with the WMTS tests; keyed by parameters and sources, so reuse is safe)."""
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("luminescence-derived")) if cache else tmp_path_factory.mktemp("derived")
+
+
+def chroma(rgb: np.ndarray) -> float:
+    """Mean max(R, G, B) - min(R, G, B): 0 for any gray image."""
+    rgb = rgb[..., :3].astype(np.int16)
+    return float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean())

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +139,10 @@ def build_routes(state: AppState) -> list[BaseRoute]:
         if role not in ROLES:
             raise RequestError(f"unknown layer '{role}' (layers: {', '.join(ROLES)})", 404)
         t = view.check_tile(p["z"], p["x"], p["y"])
+        if request.query_params:  # e.g. ?url=...: tiles come only from the view's configured layers
+            names = ", ".join(sorted(request.query_params.keys()))[:80]
+            raise RequestError(f"tile requests take no parameters (got {names}); the layers are the "
+                               f"view's configured ones")
         headers = {"Cache-Control": "public, max-age=3600"}
         if role == "colourised":
             if view.colour is None:
@@ -166,7 +169,7 @@ def build_routes(state: AppState) -> list[BaseRoute]:
         limit = cfg.upload.max_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise RequestError(f"the file is {int(declared):,} bytes, more than the limit of {limit:,} "
+            raise RequestError(f"the file is {int(declared):,} bytes, more than the limit of {limit:,} bytes "
                                f"(params.yaml app.upload.max_bytes)", 413)
         body = bytearray()
         async for chunk in request.stream():
@@ -210,13 +213,17 @@ def build_routes(state: AppState) -> list[BaseRoute]:
     ]
 
 
+async def not_found(request: Request, exc: Exception) -> Response:
+    return refuse(request, f"no such page or endpoint: {request.url.path[:100]}", 404)
+
+
+async def not_allowed(request: Request, exc: Exception) -> Response:
+    return refuse(request, f"{request.method} is not allowed on {request.url.path[:100]}", 405)
+
+
 def create_app(state: AppState, *, extra_routes: list[BaseRoute] | None = None) -> Any:
-    """The ASGI application: the web app's routes (and, e.g., the WMTS endpoints) in one app."""
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
-        yield
-        state.close()
-
-    app = Starlette(routes=build_routes(state) + list(extra_routes or []), lifespan=lifespan)
+    """The ASGI application: the web app's routes (and, e.g., the WMTS endpoints) in one app.
+    Whoever built `state` closes it."""
+    app = Starlette(routes=build_routes(state) + list(extra_routes or []),
+                    exception_handlers={404: not_found, 405: not_allowed})
     return SecurityHeaders(app)

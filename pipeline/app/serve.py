@@ -1,16 +1,18 @@
-"""Start the web app: views, model, the sample's WMTS and the HTTP server, in one process."""
+"""Start the web app: views, model, the sample's WMTS and the HTTP server, in one ASGI app."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from starlette.routing import Mount, Route
 
 from pipeline.app.routes import create_app
 from pipeline.app.views import AppState
-from pipeline.core.config import Params
+from pipeline.core.config import Params, SampleConfig
+from pipeline.server.asgi import WmtsAsgi
 from pipeline.server.asgi_server import AsgiServer
+from pipeline.server.service import WmtsService
 
 log = logging.getLogger("luminescence.app")
 
@@ -24,21 +26,33 @@ class WebApp:
         """`sample_derived_dir`: where the sample's film layer and cached mosaics go (default:
         <data_dir>/derived, so the app writes nowhere else)."""
         assert params.app is not None
-        self._stack = ExitStack()
         self.state = AppState(params, model=model, data_dir=data_dir)
+        self.wmts: WmtsAsgi | None = None
         try:
             derived = sample_derived_dir or str(self.state.data_dir / "derived")
             sample = params.sample.model_copy(update={"derived_dir": derived})
-            self.sample_server = self._stack.enter_context(_sample_wmts(sample, self.state))
-            self.state.set_sample_caps_url(lambda: self.sample_server.capabilities_url)
-            self.app = create_app(self.state)
+            self.sample = sample_service(sample, self.state)
+            self.wmts = WmtsAsgi(self.sample)
+            # The sample's WMTS is part of this app: its layers come from this very server, through
+            # the same harvester code as any remote WMTS.
+            routes = [Mount("/wmts", app=self.wmts), Route("/file-exists.php", self.wmts)]
+            self.app = create_app(self.state, extra_routes=routes)
             self.server = AsgiServer(self.app, host=host or params.app.host,
                                      port=params.app.port if port is None else port, access_log=access_log)
         except BaseException:
-            self._stack.close()
-            self.state.close()
+            self._close()
             raise
+        self.sample.bind(self.server.base_url)
+        self.sample.open()
+        self.state.set_sample_caps_url(lambda: self.sample.capabilities_url)
         self.url = self.server.base_url + "/"
+
+    def _close(self) -> None:
+        if self.wmts is not None:
+            self.wmts.close()
+        if hasattr(self, "sample"):
+            self.sample.close()
+        self.state.close()
 
     def start(self) -> WebApp:
         self.server.start()
@@ -48,11 +62,11 @@ class WebApp:
         try:
             self.server.run()
         finally:
-            self._stack.close()
+            self._close()
 
     def stop(self) -> None:
         self.server.stop()
-        self._stack.close()
+        self._close()
 
     def __enter__(self) -> WebApp:
         return self.start()
@@ -61,13 +75,13 @@ class WebApp:
         self.stop()
 
 
-@contextmanager
-def _sample_wmts(sample, state: AppState) -> Iterator[object]:  # type: ignore[no-untyped-def]
-    """The bundled sample's WMTS (only the layers the views use are prepared)."""
-    from pipeline.server.bundled import serve_sample
+def sample_service(sample: SampleConfig, state: AppState) -> WmtsService:
+    """The bundled sample's WMTS; the layers the views use are cached (converted) before serving."""
+    from pipeline.server.bundled import sample_layers
 
+    Path(sample.derived_dir).mkdir(parents=True, exist_ok=True)
+    service = WmtsService(sample_layers(sample), cache_dir=Path(sample.derived_dir) / "cache")
     used = sorted({layer.cfg.layer for v in state.views.values() for layer in (v.historic, v.modern)
                    if layer.source_cfg.kind == "sample"})
-    Path(sample.derived_dir).mkdir(parents=True, exist_ok=True)
-    with serve_sample(sample, prepare=used) as server:
-        yield server
+    service.prepare(used)
+    return service

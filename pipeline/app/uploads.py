@@ -88,6 +88,10 @@ def _decode_pil(data: bytes, max_pixels: int) -> Photo:
         img.load()
     except RequestError:
         raise
+    except Image.DecompressionBombError:  # PIL's own guard fires first for gigantic headers
+        raise RequestError(f"the photo claims more than {Image.MAX_IMAGE_PIXELS:,} pixels, more than the "
+                           f"limit of {max_pixels:,} (params.yaml app.upload.max_pixels); it is refused as a "
+                           f"decompression bomb", 413) from None
     except Exception as exc:  # PIL raises many types for corrupt data
         raise RequestError(f"the image cannot be decoded ({type(exc).__name__}: {str(exc)[:120]})") from None
     rgba = np.asarray(img.convert("RGBA"))

@@ -123,6 +123,7 @@ class AppState:
         self.cache = TileCache(self.data_dir / "tilecache")
         self._caps_url = sample_caps_url or (lambda: "")
         sample_key = sample_service_key(params.sample)
+        self._closed = False
         self.runners: dict[Path, ModelRunner | str] = {}
         self.views: dict[str, View] = {}
         for name, vcfg in self.cfg.views.items():
@@ -157,6 +158,9 @@ class AppState:
         return view
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for view in self.views.values():
             view.historic.close()
             view.modern.close()
