@@ -16,6 +16,7 @@ import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -142,7 +143,8 @@ class ColourLayer:
         tiles = {t: (None if isinstance(v, BaseException) else v)
                  for t, v in zip(around, values, strict=True)}
         loop = asyncio.get_running_loop()
-        window = await loop.run_in_executor(self._cpu, context_window, _Window(tiles), tile,
+        # context_window reads tiles through `.get`, which _Window provides (duck-typed GrayTiles).
+        window = await loop.run_in_executor(self._cpu, context_window, cast(Any, _Window(tiles)), tile,
                                             self.runner.margin)
         rgb = await asyncio.wrap_future(self.runner.submit(window, PRIORITY_TILE))
         m = self.runner.margin

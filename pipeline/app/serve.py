@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from pipeline.app.routes import create_app
 from pipeline.app.views import AppState
@@ -35,7 +37,8 @@ class WebApp:
             self.wmts = WmtsAsgi(self.sample)
             # The sample's WMTS is part of this app: its layers come from this very server, through
             # the same harvester code as any remote WMTS.
-            routes = [Mount("/wmts", app=self.wmts), Route("/file-exists.php", self.wmts)]
+            wmts = cast(ASGIApp, self.wmts)
+            routes = [Mount("/wmts", app=wmts), Route("/file-exists.php", wmts)]
             self.app = create_app(self.state, extra_routes=routes)
             self.server = AsgiServer(self.app, host=host or params.app.host,
                                      port=params.app.port if port is None else port, access_log=access_log)

@@ -146,13 +146,22 @@ class Capabilities:
 
 # --------------------------------------------------------------------------- tile sources
 class TileSource(Protocol):
-    """Anything the harvester can fetch tiles from."""
+    """Anything the harvester can fetch tiles from (read-only: frozen dataclasses satisfy it)."""
 
-    service_url: str
-    layer_id: str
-    matrix_set: str
-    format: str  # MIME type
-    tile_size: int
+    @property
+    def service_url(self) -> str: ...
+
+    @property
+    def layer_id(self) -> str: ...
+
+    @property
+    def matrix_set(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...  # MIME type
+
+    @property
+    def tile_size(self) -> int: ...
 
     def url(self, tile: TileId) -> str: ...
 
