@@ -323,3 +323,25 @@ def test_missing_model_is_explained_and_the_photos_still_serve(
         assert "not found" in resp.json()["error"] and "--model" in resp.json()["error"]
         assert get(app, tile_url("historic", T0)).status_code == 200
         assert get(app, tile_url("modern", T0)).status_code == 200
+
+
+def test_app_command_help_and_bad_ports(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from pipeline.stages.app import main as app_main
+    from pipeline.stages.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["app", "--help"])
+    assert exit_.value.code == 0 and "--host" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        app_main(["--port", "70000"])
+    assert exit_.value.code == 2 and "--port 70000 is not a TCP port" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_:
+            app_main(["--port", str(port)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1

@@ -13,7 +13,7 @@ from pipeline.app.routes import create_app
 from pipeline.app.views import AppState
 from pipeline.core.config import Params, SampleConfig
 from pipeline.server.asgi import WmtsAsgi
-from pipeline.server.asgi_server import AsgiServer
+from pipeline.server.asgi_server import AsgiServer, bind
 from pipeline.server.service import WmtsService
 
 log = logging.getLogger("luminescence.app")
@@ -28,7 +28,14 @@ class WebApp:
         """`sample_derived_dir`: where the sample's film layer and cached mosaics go (default:
         <data_dir>/derived, so the app writes nowhere else)."""
         assert params.app is not None
-        self.state = AppState(params, model=model, data_dir=data_dir)
+        # Claim the port first: a port in use is one clear error before the slow start-up.
+        host = host or params.app.host
+        sock = bind(host, params.app.port if port is None else port)
+        try:
+            self.state = AppState(params, model=model, data_dir=data_dir)
+        except BaseException:
+            sock.close()
+            raise
         self.wmts: WmtsAsgi | None = None
         try:
             derived = sample_derived_dir or str(self.state.data_dir / "derived")
@@ -40,9 +47,9 @@ class WebApp:
             wmts = cast(ASGIApp, self.wmts)
             routes = [Mount("/wmts", app=wmts), Route("/file-exists.php", wmts)]
             self.app = create_app(self.state, extra_routes=routes)
-            self.server = AsgiServer(self.app, host=host or params.app.host,
-                                     port=params.app.port if port is None else port, access_log=access_log)
+            self.server = AsgiServer(self.app, host=host, access_log=access_log, sock=sock)
         except BaseException:
+            sock.close()
             self._close()
             raise
         self.sample.bind(self.server.base_url)

@@ -52,10 +52,11 @@ class AsgiServer:
     """uvicorn serving `app` on host:port. `start()` runs it in a daemon thread; `run()` blocks."""
 
     def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, access_log: bool = False,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", sock: socket.socket | None = None) -> None:
+        """`sock`: a socket already bound by `bind(host, port)` (e.g. before a slow start-up)."""
         import uvicorn
 
-        self.sock = bind(host, port)
+        self.sock = sock or bind(host, port)
         bound_host, bound_port = self.sock.getsockname()[:2]
         self.port = int(bound_port)
         self.base_url = f"http://{url_host(host)}:{self.port}"
