@@ -46,6 +46,19 @@ class SourceTile:
     mime: str = "image/png"
 
 
+class SourceGate:
+    """What every layer of one source shares, so the source's politeness limits hold in total:
+    one rate limiter (`harvest.requests_per_second`; none for our own server) and one pool of
+    `harvest.concurrency` threads, whatever the number of views and layers using it."""
+
+    def __init__(self, name: str, kind: str, harvest: HarvestConfig) -> None:
+        self.limiter = RateLimiter(None if kind == "sample" else harvest.requests_per_second)
+        self.pool = ThreadPoolExecutor(max_workers=harvest.concurrency, thread_name_prefix=f"src-{name}")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 class LayerTiles:
     """One configured layer (`source`, `layer`, optional gray) at one service.
 
@@ -55,7 +68,7 @@ class LayerTiles:
     """
 
     def __init__(self, name: str, cfg: AppLayerConfig, source: SourceConfig, harvest: HarvestConfig,
-                 cache: TileCache, *, zoom: int, sample_caps_url: Callable[[], str],
+                 cache: TileCache, gate: SourceGate, *, zoom: int, sample_caps_url: Callable[[], str],
                  sample_key: str, luma: str = "rec601") -> None:
         self.name = name
         self.cfg = cfg
@@ -69,7 +82,8 @@ class LayerTiles:
         self._source: TileSource | None = None
         self._info: LayerInfo | None = None
         self._fetcher: TileFetcher | None = None
-        self._pool = ThreadPoolExecutor(max_workers=harvest.concurrency, thread_name_prefix=f"src-{name}")
+        self._gate = gate
+        self._pool = gate.pool
         self._resolve_lock = threading.Lock()
         self._inflight: dict[TileId, asyncio.Future[SourceTile]] = {}
         self._decoded: OrderedDict[TileId, np.ndarray | None] = OrderedDict()
@@ -124,10 +138,8 @@ class LayerTiles:
             except LuminescenceError as exc:
                 raise LayerUnavailable(f"layer '{self.cfg.layer}' of source '{self.cfg.source}': {exc}") \
                     from None
-            # Our own server needs no politeness cap; remote services get the fetch stage's.
-            rate = None if kind == "sample" else cfg.requests_per_second
             session = make_session(cfg.user_agent, cfg.concurrency, source.url(TileId(self.zoom, 0, 0)))
-            self._fetcher = TileFetcher(source, cfg, session, RateLimiter(rate))
+            self._fetcher = TileFetcher(source, cfg, session, self._gate.limiter)
             self._source = source
             return source
 
@@ -201,7 +213,6 @@ class LayerTiles:
         return SourceTile(record.data, source.format)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
         if self._fetcher is not None:
             self._fetcher.session.close()
 

@@ -19,7 +19,7 @@ from shapely.geometry import box, mapping
 
 from pipeline.app.colour_tiles import ColourLayer
 from pipeline.app.runner import ModelRunner, load_runner
-from pipeline.app.sources import LayerTiles
+from pipeline.app.sources import LayerTiles, SourceGate
 from pipeline.core.config import AppConfig, AppViewConfig, Params
 from pipeline.core.errors import LuminescenceError
 from pipeline.geo.aoi import Aoi, load_aoi
@@ -126,13 +126,18 @@ class AppState:
         self._closed = False
         self.runners: dict[Path, ModelRunner | str] = {}
         self.views: dict[str, View] = {}
+        self.gates: dict[str, SourceGate] = {}
         for name, vcfg in self.cfg.views.items():
             aoi = load_aoi(params.aois[vcfg.aoi], vcfg.aoi)
-            layers = {role: LayerTiles(f"{name}-{role}", getattr(vcfg, role),
-                                       params.sources[getattr(vcfg, role).source], params.harvest, self.cache,
-                                       zoom=vcfg.zoom, sample_caps_url=lambda: self._caps_url(),
-                                       sample_key=sample_key)
-                      for role in ("historic", "modern")}
+            layers = {}
+            for role in ("historic", "modern"):
+                lcfg = getattr(vcfg, role)
+                scfg = params.sources[lcfg.source]
+                if lcfg.source not in self.gates:
+                    self.gates[lcfg.source] = SourceGate(lcfg.source, scfg.kind, params.harvest)
+                layers[role] = LayerTiles(f"{name}-{role}", lcfg, scfg, params.harvest, self.cache,
+                                          self.gates[lcfg.source], zoom=vcfg.zoom,
+                                          sample_caps_url=lambda: self._caps_url(), sample_key=sample_key)
             path = Path(model or vcfg.model or self.cfg.model)
             if path not in self.runners:
                 self.runners[path] = load_runner(path, batch_size=self.cfg.batch_size,
@@ -169,4 +174,6 @@ class AppState:
         for runner in self.runners.values():
             if isinstance(runner, ModelRunner):
                 runner.close()
+        for gate in self.gates.values():
+            gate.close()
         self.cache.close()
