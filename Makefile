@@ -1,6 +1,7 @@
 # Luminescence: two commands do all the set-up on a fresh clone.
 #   make repro   create .venv (pinned) and rebuild the pipeline on the bundled sample
 #   make test    create .venv (pinned) and run the fast test suite
+#   make app     create .venv (pinned) and serve the web app (PORT=8000)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -11,11 +12,14 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv repro test lint bench lock clean-venv help
+PORT ?= 8000
+
+.PHONY: venv repro test lint bench lock clean-venv help app browser
 
 help:
 	@echo "make repro   - set up .venv and run 'dvc repro' on the bundled offline sample"
-	@echo "make test    - set up .venv and run the fast test suite (pytest)"
+	@echo "make test    - set up .venv and run the fast test suite (pytest; installs chromium for the browser test)"
+	@echo "make app     - set up .venv and serve the web app on http://127.0.0.1:\$$PORT/ (default 8000)"
 	@echo "make lint    - ruff, import-linter (imports only go down the layers), mypy"
 	@echo "make bench   - run the benchmarks under bench/ (slow; REF_DIR=checkouts of the reference repos)"
 
@@ -32,8 +36,23 @@ $(STAMP): requirements.txt pyproject.toml
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+app: $(STAMP)
+	$(BIN)/python -m pipeline.stages.app --port $(PORT)
+
+# The web app's browser test drives Debian's chromium through chromium-driver. As root (CI), install
+# them when missing; otherwise say how (the test then skips and says why).
+browser:
+	@if command -v chromedriver >/dev/null && { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then \
+	  true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver for the browser test (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+	  echo "note: no chromium/chromedriver; the browser test will skip (apt-get install chromium chromium-driver)"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -48,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.train_loop
 	$(BIN)/python -m bench.train_speed $(if $(REF_DIR),--reference-dir $(REF_DIR))
 	$(BIN)/python -m bench.eval_speed
+	$(BIN)/python -m bench.app_tiles
 
 # Re-pin requirements.txt from requirements.in in a scratch venv.
 lock:

@@ -50,3 +50,11 @@ def datasets(tmp_path: Path) -> Path:
     root = tmp_path / "datasets"
     write_tiny_dataset(root / "tiny")
     return root
+
+
+@pytest.fixture(scope="session")
+def app_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real pix2pix trained briefly on real erie_2021 tiles (tests/app_model.py)."""
+    from tests.app_model import train_app_model
+
+    return train_app_model(tmp_path_factory.mktemp("app_model"))

@@ -258,6 +258,10 @@ def test_colourise_is_georeferenced_and_uses_neighbour_context(trained: Path,
         assert ds.bounds.right == pytest.approx(right, abs=1e-6)
         assert ds.bounds.bottom == pytest.approx(bottom, abs=1e-6)
         assert "COLOURISED" in ds.tags()["description"]
+        assert ds.overviews(1) and ds.block_shapes[0] == (256, 256)
+    from pipeline.geo.cog import validate_cog
+
+    assert validate_cog(tif) == []  # a valid Cloud-Optimized GeoTIFF (rio-cogeo)
     with TileStore(trained / "data" / "colourised" / "erie.mbtiles", readonly=True) as out:
         assert out.complete and len(out.tiles()) == NX * NY
     assert (trained / "reports" / "colourised" / "erie.png").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -311,6 +312,59 @@ class ColouriseConfig(Strict):
     margin: int | None = Field(default=None, ge=0)  # context pixels; None: smallest that fits G
 
 
+# --------------------------------------------------------------------------- app
+class AppLayerConfig(Strict):
+    """One map layer of a view: a layer of a configured source (never a URL a client names)."""
+
+    source: str  # a key of `sources`
+    layer: str  # the layer id at that source (or the XYZ template's {layer})
+    gray: bool = False  # show (and colourise) its luma: a gray version of a colour layer
+    title: str | None = None  # default: "<layer>" (+ " in gray" when gray)
+
+
+class AppViewConfig(Strict):
+    """One map view: an area, the historic and modern layers, and the model colourising it."""
+
+    title: str
+    aoi: str  # a key of `aois`: the area the view shows, colourises and exports
+    zoom: int = Field(ge=1, le=22)  # the zoom the model colourises at (its training tiles' zoom)
+    historic: AppLayerConfig
+    modern: AppLayerConfig
+    model: str | None = None  # path to a model.pt; default: app.model
+
+
+class AppUploadConfig(Strict):
+    """Limits on uploaded photos (untrusted files)."""
+
+    max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=16_000_000, ge=65536)  # decompression bombs are refused
+
+
+class AppConfig(Strict):
+    """The web app (`luminescence app`): views, model, limits and where it keeps its data."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    model: str  # the default model of every view (the release model)
+    data_dir: str = "data/app"  # the only folder the app writes to (tile stores, exports, uploads)
+    zoom_out: int = Field(default=2, ge=0, le=4)  # zoom levels below a view's zoom (colour overviews)
+    batch_size: int = Field(default=8, ge=1, le=64)  # windows per forward pass across requests
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # gather a batch this long at most
+    export_max_tiles: int = Field(default=400, ge=1)  # "download this view" at the view's zoom
+    upload: AppUploadConfig = AppUploadConfig()
+    views: dict[str, AppViewConfig]
+
+    @field_validator("views")
+    @classmethod
+    def _view_names(cls, value: dict[str, AppViewConfig]) -> dict[str, AppViewConfig]:
+        if not value:
+            raise ValueError("define at least one view")
+        for name in value:  # view names are URL path segments
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+                raise ValueError(f"view name '{name}' must be letters, digits, '-' and '_' (at most 64)")
+        return value
+
+
 # --------------------------------------------------------------------------- all
 class Params(Strict):
     sources: dict[str, SourceConfig]
@@ -325,6 +379,7 @@ class Params(Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     baselines: dict[str, BaselineConfig] = {}
     colourise: ColouriseConfig | None = None
+    app: AppConfig | None = None
 
     @field_validator("fetch", "datasets", "ablations", "baselines", "aois", "sources")
     @classmethod
@@ -362,6 +417,11 @@ class Params(Strict):
         if self.colourise:
             _check_ref("colourise.ablation", self.colourise.ablation, self.ablations)
             _check_ref("colourise.store", self.colourise.store, self.fetch)
+        if self.app:
+            for key, view in self.app.views.items():
+                _check_ref(f"app.views.{key}.aoi", view.aoi, self.aois)
+                for role in ("historic", "modern"):
+                    _check_ref(f"app.views.{key}.{role}.source", getattr(view, role).source, self.sources)
         if self.ablations and self.train is None:
             raise ConfigError("params.yaml: `ablations` need a `train` section (presets and defaults)")
         return self

@@ -129,7 +129,9 @@ def _database_error(path: Path, exc: sqlite3.DatabaseError, doing: str) -> Store
 class TileStore:
     """An MBTiles file with per-tile status. Use as a context manager."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, wal: bool = False) -> None:
+        """`wal`: write-ahead logging, so readers on other connections never wait for a writer
+        (the web app reads tiles while it writes new ones)."""
         self.path = Path(path)
         self.readonly = readonly
         if readonly:
@@ -149,6 +151,8 @@ class TileStore:
                                  f"path") from None
         try:
             if not readonly:
+                if wal:
+                    self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(SCHEMA)
             self._db.execute("SELECT 1 FROM metadata LIMIT 1").fetchall()

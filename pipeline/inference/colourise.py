@@ -157,20 +157,16 @@ def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, flo
 
 
 def write_geotiff(store: TileStore, path: Path) -> Path:
-    """The store's tiles as one tiled, compressed RGBA GeoTIFF in EPSG:3857."""
-    import rasterio
+    """The store's tiles as one Cloud-Optimized GeoTIFF (RGBA, EPSG:3857, overviews)."""
     from rasterio.transform import from_bounds
+
+    from pipeline.geo.cog import write_cog
 
     rgba, bounds = mosaic(store)
     h, w = rgba.shape[:2]
-    with replaced_atomically(path) as tmp, rasterio.open(
-            tmp, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint8", crs="EPSG:3857",
-            transform=from_bounds(*bounds, w, h), photometric="RGB", alpha="YES", tiled=True,
-            compress="deflate") as dst:
-        dst.write(np.moveaxis(rgba, -1, 0))
-        meta = store.metadata
-        dst.update_tags(**{k: meta[k] for k in ("description", "model", "source_store") if k in meta})
-    return path
+    meta = store.metadata
+    return write_cog(rgba, path, crs="EPSG:3857", transform=from_bounds(*bounds, w, h),
+                     tags={k: meta[k] for k in ("description", "model", "source_store") if k in meta})
 
 
 def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, max_px: int = 900) -> Path:

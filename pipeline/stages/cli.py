@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pipeline.stages.report", "write reports/summary.md and its figures"),
     "colourise": ("pipeline.stages.colourise", "colourise a tile store with a trained model"),
     "serve": ("pipeline.stages.serve", "serve the bundled sample as a loopback WMTS"),
+    "app": ("pipeline.stages.app", "the web app: historic layers colourised live on a map"),
     "aoi": ("pipeline.stages.aoi", "describe an area of interest (bounds, tile counts per zoom)"),
 }
 
