@@ -212,8 +212,8 @@ def test_report_tables_intervals_verdicts_and_no_lingering_ablations(trained: Pa
     assert "### pix2pix" in text and "p2p_lab (color_space=lab)" in text
     assert "## Held-out area" in text and "three tiles east" in text
     line = next(x for x in text.splitlines() if x.startswith("| Lab beat RGB for pix2pix on gray input"))
-    assert "ΔFID" in line and "ΔE00" in line
-    assert any(w in line for w in ("**yes**", "**no**", "**inconclusive**"))
+    verdicts = ("**yes**", "**no**", "**inconclusive**")
+    assert "ΔFID" in line and "ΔE00" in line and any(w in line for w in verdicts)
     rec = _details(trained, "p2p_rgb")["areas"]["test"]
     fid, (low, high) = rec["values"]["fid"], rec["intervals"]["fid"]
     assert f"{fid:.2f} [{low:.2f}, {high:.2f}]" in text  # the table quotes the real numbers

@@ -1,5 +1,10 @@
-"""Command line of the report stage, `luminescence report`: reports/summary.md and
-reports/figures/ (what they hold: pipeline.results.report)."""
+"""Command line of the report stage, `luminescence report`: reports/summary.md with the study's
+tables, intervals, baselines and verdicts, and reports/figures/ (pipeline.results.report).
+
+It reads the evaluation records (reports/evaluation/<name>.json and .npz) of the ablations and
+baselines that params.yaml defines NOW (records of removed ablations may linger on disk; they
+are ignored) and the training curves logged by DVCLive.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,9 @@ from pipeline.results.report import load_entries, write_report
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luminescence report",
-        description="Write reports/summary.md (tables, conclusions) and reports/figures/*.png from "
-                    "the metric files of the ablations and baselines in params.yaml.")
+        description="Write reports/summary.md (tables with intervals, held-out area, baselines, "
+                    "verdicts on the study's claims) and reports/figures/*.png from the evaluation "
+                    "records of the ablations and baselines in params.yaml.")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE")
     return parser
 
