@@ -202,8 +202,12 @@ def build_routes(state: AppState) -> list[BaseRoute]:
             download = (uploads_dir / token / "name.txt").read_text(encoding="utf-8")
         return FileResponse(path, media_type=_RESULT_FILES[name], filename=download)
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask for it; there is none
+
     return [
         Route("/", page),
+        Route("/favicon.ico", favicon),
         Route("/api/views", guarded(views)),
         Route("/tiles/{view}/{role}/{z:int}/{x:int}/{y:int}", guarded(tile)),
         Route("/api/views/{view}/export", guarded(export)),

@@ -100,7 +100,8 @@ class LayerTiles:
 
     @property
     def title(self) -> str:
-        base = self.cfg.title or (self._info.title if self._info else self.cfg.layer)
+        # A synthetic layer's service title repeats the SYNTHETIC note the page shows anyway.
+        base = self.cfg.title or (self._info.title if self._info and not self.synthetic else self.cfg.layer)
         return f"{base} — in gray (luma)" if self.cfg.gray else base
 
     @property

@@ -84,7 +84,8 @@ class View:
     def describe(self) -> dict[str, Any]:
         """What the page needs to show the view (JSON)."""
         w, s, e, n = self.aoi.bounds_wgs84
-        colour: dict[str, Any] = {"title": f"Colourised {self.historic.title}",
+        gray = " in gray" if self.historic.cfg.gray else ""
+        colour: dict[str, Any] = {"title": f"{self.historic.cfg.layer}{gray}, colourised",
                                   "available": self.colour is not None, "error": self.model_error,
                                   "model": str(self.model_path)}
         if self.colour is not None:
