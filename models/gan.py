@@ -31,6 +31,7 @@ from models.base import GANModel, ModelOptions
 from models.colour import ColourSpace
 from models.losses import GANLoss, Prediction, gradient_penalty
 from models.networks import check_image_size, is_per_sample
+from models.optim import Adam
 
 
 @contextlib.contextmanager
@@ -91,7 +92,7 @@ class ColourGAN(GANModel):
         fused = all(
             p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params
         )
-        self.optimizers.add(name, lambda: torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None))
+        self.optimizers.add(name, lambda: Adam(params, lr=lr, betas=betas, fused=fused or None))
 
     # ------------------------------------------------------------------ per step
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,37 @@ def test_options_json_records_every_options_source(datasets: Path, tmp_path: Pat
     assert sources["ngf"] == {"value": 8, "source": "train.presets.t", "default": 32,
                               "scaled_from": {"value": 32, "source": "reference"}}
     assert sources["lr"] == {"value": 2e-4, "source": "reference"}
+
+
+# --------------------------------------------------------------------------- validation budget
+def test_a_preset_can_validate_fewer_tiles_less_often(datasets: Path, tmp_path: Path) -> None:
+    from pipeline.core.config import parse_params
+    from tests.tiny_gan import tiny_params_dict
+
+    data = tiny_params_dict(val_every=2)
+    data["train"]["presets"]["t"].update(val_every=100, val_tiles=2)
+    plan = plan_run("tiny", parse_params(data), out_dir=tmp_path / "run", datasets_dir=datasets)
+    assert plan.val_every == 100  # the preset's, not train.val_every
+    result = train(plan, progress=False)
+    samples = sorted(p.name for p in (tmp_path / "run" / "samples").iterdir())
+    assert samples == ["latest.png", "step_000008.png"]  # once, at the end
+    # The val L1 is the one of tiles 0 and 2 of the 3 (spread evenly), and only those.
+    from pipeline.datasets.storage import open_split
+    from pipeline.training.checkpoint import load_model
+    from pipeline.training.validation import validate
+
+    val = open_split(datasets / "tiny", "val")
+    model = load_model(plan.model_path)
+    expected, _ = validate(model, np.asarray(val[[0, 2]]), torch.device("cpu"))
+    everything, _ = validate(model, val, torch.device("cpu"))
+    assert result.val_l1 == pytest.approx(expected, rel=1e-6) and expected != pytest.approx(everything)
+
+
+def test_a_bad_validation_budget_names_its_key() -> None:
+    from pipeline.core.config import ConfigError, parse_params
+    from tests.tiny_gan import tiny_params_dict
+
+    data = tiny_params_dict()
+    data["train"]["presets"]["t"]["val_tiles"] = 0
+    with pytest.raises(ConfigError, match=r"train\.presets\.t\.val_tiles"):
+        parse_params(data)

@@ -205,6 +205,10 @@ class TrainPreset(Strict):
     # The U-Net depth used where a model's reference default is unet_256
     # (unet_256 needs 256-pixel crops).
     unet: Literal["unet_128", "unet_256"] = "unet_256"
+    # Validation budget: every `val_every` steps (default: train.val_every) and at the end,
+    # on `val_tiles` whole val tiles spread evenly over the split (default: all of them).
+    val_every: int | None = Field(default=None, ge=1)
+    val_tiles: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _crop_fits(self) -> TrainPreset:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.core.cpu import CpuPolicy
 from pipeline.core.errors import cli_entry
 from pipeline.inference.colourise import ColouriseError, run
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    cpu = CpuPolicy.start()  # before torch loads (pipeline/core/cpu.py)
     if args.stage:
         from pipeline.core.config import load_params
         from pipeline.core.paths import COLOURISED_DIR, REPORTS_DIR, RUNS_DIR, store_path
@@ -79,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.unlink(missing_ok=True)  # a stage re-run starts over (model or area changed)
     elif not (args.model and args.store and args.out):
         parser.error("--model, --store and --out are required (or --stage)")
+    threads = cpu.apply()
+    if threads.source != "kept":
+        print(threads.describe(), file=sys.stderr)
     print(run(args.model, args.store, args.out, geotiff=args.geotiff, preview=args.preview,
               margin=args.margin, luma=args.luma or "rec601", device_name=args.device,
               batch_size=args.batch_size, progress=not args.no_progress))

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.core.cpu import CpuPolicy
 from pipeline.core.errors import cli_entry
 from pipeline.results.evaluation import evaluate, summary_line
 
@@ -39,9 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cpu = CpuPolicy.start()  # before torch loads (pipeline/core/cpu.py)
     from pipeline.core.config import load_params
 
     params = load_params(args.params)
+    threads = cpu.apply()
+    if threads.source != "kept":
+        print(threads.describe(), file=sys.stderr)
     record = evaluate(args.name, params, baseline=args.baseline, progress=not args.no_progress)
     print(summary_line(("baseline " if args.baseline else "") + args.name, record))
     return 0

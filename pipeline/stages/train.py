@@ -12,9 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.core.cpu import CpuPolicy
 from pipeline.core.errors import cli_entry
 
-# torch is imported only after the arguments are parsed, so --help and usage errors are instant.
+# torch is imported only after the arguments are parsed, so --help and usage errors are instant,
+# and after CpuPolicy.start, which must run before OpenMP loads (pipeline/core/cpu.py).
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cpu = CpuPolicy.start()
     from pipeline.core.config import load_params
     from pipeline.core.outputs import FOLDER, Output, check_outputs
     from pipeline.core.paths import DATASETS_DIR
@@ -64,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                     datasets_dir=args.datasets or DATASETS_DIR)
     check_outputs([Output("--out", plan.out_dir, FOLDER)],
                   {"the dataset": [plan.dataset_dir], "--params": [args.params]})
+    threads = cpu.apply()
+    if distributed_from_env().is_main and threads.source != "kept":
+        print(threads.describe(), file=sys.stderr)
     resume = args.resume
     if args.resume_interrupted_only:
         from pipeline.training.resume import resume_decision

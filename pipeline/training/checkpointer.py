@@ -61,7 +61,8 @@ class Checkpointer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}, "ranks": all_ranks,
             "dataset": asdict(plan.dataset),
             "meta": {"torch": str(torch.__version__), "device": str(self.device),
-                     "world_size": info.world_size, "deterministic": plan.config.deterministic},
+                     "world_size": info.world_size, "deterministic": plan.config.deterministic,
+                     "threads": torch.get_num_threads()},
         }
         save_checkpoint(plan.checkpoint_path, payload)
         if done >= total:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -79,7 +80,21 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=device.type != "cpu")
+    set_deterministic(deterministic, warn_only=device.type != "cpu")
+
+
+def set_deterministic(mode: bool, warn_only: bool = False) -> None:
+    """`torch.use_deterministic_algorithms` without importing the compiler.
+
+    torch's function also sets `torch._inductor.config.deterministic`, and importing that
+    module imports torch._inductor and torch._dynamo: 2-3 s of every stage's start-up on
+    a CPU. Nothing here is compiled, so the flag is set in ATen directly, and in the
+    inductor's configuration too when something has loaded it already.
+    """
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode  # type: ignore[attr-defined]
+    torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def seed_everything(seed: int) -> None:

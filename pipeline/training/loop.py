@@ -45,13 +45,14 @@ from pipeline.training.devices import (
     init_distributed,
     pick_device,
     seed_everything,
+    set_deterministic,
     shutdown_distributed,
 )
 from pipeline.training.live_log import LossLogger
 from pipeline.training.plan import RunPlan, TrainingError, dataset_fingerprint
 from pipeline.training.precision import Precision
 from pipeline.training.records import changed_options, options_record, run_description
-from pipeline.training.resume import checkpoint_to_resume, restore
+from pipeline.training.resume import adopt_checkpoint_threads, checkpoint_to_resume, restore
 from pipeline.training.schedule import make_schedulers
 from pipeline.training.validation import Validator
 
@@ -146,11 +147,14 @@ def train(plan: RunPlan, *, resume: bool = True, stop_at: int | None = None, dev
     started_group = info.enabled and not torch.distributed.is_initialized()
     init_distributed(info, dev)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
     try:
         configure_determinism(plan.config.deterministic, dev)
         return _train(plan, info, dev, resume=resume, stop_at=stop_at, progress=progress)
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+        set_deterministic(was_deterministic, warn_only=was_warn_only)
+        torch.set_num_threads(threads)  # a resume may have adopted its checkpoint's count
         if started_group:
             shutdown_distributed()
 
@@ -204,6 +208,8 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
             save_model_file(plan.model_path, ckpt)
         return result
 
+    if ckpt is not None:
+        adopt_checkpoint_threads(ckpt, dev, cfg.deterministic, say=_say)
     model = _build_model(plan, dev)
     precision = Precision.configure(model, dev, cfg.bf16)
     schedulers = make_schedulers(model, plan.constant_steps, plan.decay_steps)
@@ -221,8 +227,8 @@ def _train(plan: RunPlan, info: Distributed, dev: torch.device, *, resume: bool,
                           paired=plan.model_cls.paired, seed=cfg.seed, rank=info.rank,
                           world_size=info.world_size)
     validator = Validator(model, open_split(plan.dataset_dir, "val"), dev, out_dir=plan.out_dir,
-                          every=cfg.val_every, total=total, num_samples=cfg.num_val_samples,
-                          bf16=precision.wrap, enabled=info.is_main)
+                          every=plan.val_every, total=total, num_samples=cfg.num_val_samples,
+                          max_tiles=plan.preset.val_tiles, bf16=precision.wrap, enabled=info.is_main)
     checkpointer = Checkpointer(plan, identity, model, schedulers, info, dev)
     if info.is_main:
         _prepare_run_folder(plan, model, dev, info, fingerprint, start)

@@ -46,6 +46,11 @@ class RunPlan:
         return self.constant_steps + self.decay_steps
 
     @property
+    def val_every(self) -> int:
+        """Steps between validations: the preset's, else train.val_every."""
+        return self.preset.val_every or self.config.val_every
+
+    @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / "checkpoint.pt"
 

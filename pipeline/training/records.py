@@ -25,7 +25,15 @@ def run_description(plan: RunPlan, model: GANModel, device: torch.device, world:
             f"train / {plan.val_tiles} val tiles, {kind}{plan.dataset.input_kind} input); "
             f"{plan.total_steps} steps ({plan.constant_steps} constant + {plan.decay_steps} decay), "
             f"batch {plan.preset.batch_size}, crop {plan.preset.crop_size} of {plan.preset.load_size}; "
-            f"{params} parameters; on {describe(device)}{procs}")
+            f"{params} parameters; on {describe(device)}{procs}; {_validation(plan)}")
+
+
+def _validation(plan: RunPlan) -> str:
+    tiles = min(plan.val_tiles, plan.preset.val_tiles or plan.val_tiles)
+    when = "at the end"
+    if plan.val_every < plan.total_steps:
+        when = f"every {plan.val_every} steps and {when}"
+    return f"validating on {tiles} of {plan.val_tiles} val tiles {when}"
 
 
 def option_sources(plan: RunPlan) -> dict[str, dict[str, Any]]:
@@ -67,5 +75,6 @@ def options_record(plan: RunPlan, model: GANModel, device: torch.device, world: 
         "deterministic": plan.config.deterministic,
         "device": str(device),
         "world_size": world,
+        "threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
     }

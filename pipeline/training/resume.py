@@ -87,3 +87,19 @@ def restore(model: GANModel, schedulers: Mapping[str, LRScheduler], ckpt: dict[s
             say(f"warning: {source} was written by {len(ranks)} process(es), this run has "
                 f"{info.world_size}: training continues, but not bit-identically")
     return start
+
+
+def adopt_checkpoint_threads(ckpt: dict[str, Any], device: torch.device, deterministic: bool,
+                             say: Callable[[str], None] = _stderr) -> None:
+    """Deterministic CPU training is bit-identical only with the same thread count (the
+    convolutions split their sums by thread), and each stage picks its count from the
+    machine's load when it starts (pipeline.core.cpu). So a resumed run uses the count
+    its checkpoint was written with."""
+    saved = ckpt.get("meta", {}).get("threads")
+    now = torch.get_num_threads()
+    if not (deterministic and device.type == "cpu" and isinstance(saved, int) and saved >= 1) or saved == now:
+        return
+    plural = "s" if saved != 1 else ""
+    say(f"resuming with {saved} CPU thread{plural} like the checkpoint (instead of {now}), so the run "
+        f"stays bit-identical to an uninterrupted one")
+    torch.set_num_threads(saved)

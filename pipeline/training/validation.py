@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 from models.base import GANModel
 from pipeline.datasets.batches import full_tiles
@@ -73,13 +72,34 @@ def validate(model: GANModel, val_pairs: np.ndarray, device: torch.device, *, bf
         model.train()
     grid = None
     if picked:
-        grid = make_grid(torch.cat([picked[i] for i in sorted(picked)]), nrow=3, padding=2, pad_value=1.0)
+        grid = make_grid(torch.cat([picked[i] for i in sorted(picked)]), ncols=3)
     return (abs_sum / count if count else float("nan")), grid
 
 
+def make_grid(images: torch.Tensor, *, ncols: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """(N, C, H, W) images -> one (C, H', W') image, `ncols` per row, `padding` pixels of
+    `pad_value` around each (the layout of torchvision's make_grid, whose import alone
+    pulls in torchvision.models and torch._dynamo: seconds of every run's start-up)."""
+    n, c, h, w = images.shape
+    if n == 0:
+        raise ValueError("make_grid: no images")
+    cols = min(ncols, n)
+    rows = -(-n // cols)
+    grid = images.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    for i in range(n):
+        y = (i // cols) * (h + padding) + padding
+        x = (i % cols) * (w + padding) + padding
+        grid[:, y:y + h, x:x + w] = images[i]
+    return grid
+
+
 def png_bytes(image: torch.Tensor) -> bytes:
+    """A (3, H, W) image in [0, 1] as PNG (rounded to 8 bits like torchvision's save_image)."""
+    from PIL import Image
+
+    pixels = image.detach().float().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
     buffer = io.BytesIO()
-    save_image(image, buffer, format="png")
+    Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).save(buffer, format="png")
     return buffer.getvalue()
 
 
@@ -92,12 +112,21 @@ def write_samples(out_dir: Path, step: int, grid: torch.Tensor) -> Path:
 
 
 class Validator:
-    """Validates a run's model at its schedule (every `train.val_every` steps and at the
-    last step) and writes the sample grids; only the main process validates."""
+    """Validates a run's model at its schedule (every `every` steps and at the last step)
+    and writes the sample grids; only the main process validates.
+
+    With `max_tiles`, validation scores that many val tiles spread evenly over the split
+    (the same ones every time) and the grid shows some of them: on a CPU a pass over a
+    whole val split can cost more than a short run's training steps.
+    """
 
     def __init__(self, model: GANModel, val_pairs: np.ndarray, device: torch.device, *, out_dir: Path,
-                 every: int, total: int, num_samples: int, bf16: bool = False, enabled: bool = True) -> None:
+                 every: int, total: int, num_samples: int, max_tiles: int | None = None,
+                 bf16: bool = False, enabled: bool = True) -> None:
         self.model = model
+        if max_tiles is not None and max_tiles < len(val_pairs):
+            # Only the chosen tiles are read from the memory-mapped split.
+            val_pairs = np.asarray(val_pairs[sample_indices(len(val_pairs), max_tiles)])
         self.val_pairs = val_pairs
         self.device = device
         self.out_dir = out_dir
