@@ -445,7 +445,7 @@ def fetch_capabilities(url: str, *, user_agent: str, timeout: tuple[float, float
                 time.sleep(backoff_s * 2 ** attempt)
                 continue
             except BodyRefused as exc:
-                raise CapabilitiesError(f"{target}: capabilities document refused: {exc.reason}") from None
+                raise CapabilitiesError(f"{target}: {exc.reason}; check the capabilities URL") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if last or any(s in str(exc) for s in _REFUSED):
                     raise ServiceUnreachableError(describe_connection_error(target, exc)) from None
