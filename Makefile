@@ -34,8 +34,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
+# The stages choose their CPU thread count from how busy the machine is (pipeline/core/cpu.py);
+# `make repro` pins it to the machine's cores so that its results are bit-reproducible however
+# busy the machine is (set LUMINESCENCE_THREADS yourself to choose another count).
 repro: $(STAMP)
-	$(BIN)/dvc repro
+	LUMINESCENCE_THREADS=$${LUMINESCENCE_THREADS:-$$(nproc)} $(BIN)/dvc repro
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
