@@ -26,6 +26,7 @@ import json
 import logging
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -188,7 +189,7 @@ class InceptionV3Extractor(FeatureExtractor):
     feature_dim = FIDInceptionV3.feature_dim
 
     def __init__(self, network: FIDInceptionV3, *, name: str, weights_sha256: str | None,
-                 reference: bool, provenance: dict[str, object] | None = None,
+                 reference: bool, provenance: Mapping[str, object] | None = None,
                  extra_modules: tuple[str, ...] = ()) -> None:
         super().__init__(network)
         self.name = name

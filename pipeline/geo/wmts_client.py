@@ -15,7 +15,6 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -642,12 +641,6 @@ def _layer_info(cm, matrix_sets: dict[str, dict[str, TileMatrix]], crs: dict[str
         default_style=default_style,
         dimensions={name: (d.get("default") or d["values"][0]) for name, d in cm.dimensions.items()},
     )
-
-
-def _wgs84_box(values: Sequence[float]) -> tuple[float, float, float, float]:
-    """OWSLib's boundingBoxWGS84 (W, S, E, N) as floats."""
-    west, south, east, north = (float(v) for v in values)
-    return west, south, east, north
 
 
 def _kvp_url(wmts) -> str | None:

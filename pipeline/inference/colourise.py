@@ -125,7 +125,10 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
             rgb = rgb[:, :, margin:margin + n, margin:margin + n].permute(0, 2, 3, 1).cpu().numpy()
             records = []
             for t, pixels in zip(batch, rgb, strict=True):
-                alpha = gray_tiles.get(t)[..., 1]
+                tile = gray_tiles.get(t)
+                if tile is None:  # unreachable: tiles without a usable image were taken out of the batch
+                    raise ColouriseError(f"input tile {t} has no usable image")
+                alpha = tile[..., 1]
                 records.append(TileRecord(t, TileStatus.OK, png_rgba(pixels, alpha)))
             out.put_many(records)  # one transaction per batch: a killed run keeps what it wrote
             bar.update(len(batch))
@@ -149,6 +152,8 @@ def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, flo
             rgba = store.read_rgba(t)
         except ValueError:  # an undecodable tile of a damaged store: left transparent
             continue
+        if rgba is None:
+            raise ColouriseError(f"{store.path}: tile {t} is marked ok but has no image data")
         out[(t.y - y0) * n:(t.y - y0 + 1) * n, (t.x - x0) * n:(t.x - x0 + 1) * n] = rgba
     z = tiles[0].z
     left, _, _, top = tile_bounds_3857(TileId(z, x0, y0))
