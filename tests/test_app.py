@@ -346,3 +346,25 @@ def test_app_command_help_and_bad_ports(capsys: pytest.CaptureFixture[str]) -> N
             app_main(["--port", str(port)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1
+
+
+def test_an_unreachable_service_is_reported_and_the_other_layers_serve(
+        app_model: Path, request: pytest.FixtureRequest, tmp_path: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    import socket
+
+    from pipeline.core.config import parse_params
+
+    with socket.socket() as s:  # a port nobody listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = app_params(app_model, tmp_path / "data").model_dump(mode="json", exclude_none=True)
+    data["sources"]["down"] = {"kind": "wmts", "url": f"http://127.0.0.1:{port}/wmts/1.0.0/WMTSCapabilities.xml"}
+    data["app"]["views"]["erie"]["modern"] = {"source": "down", "layer": "somewhere"}
+    with WebApp(parse_params(data), sample_derived_dir=str(derived_dir(request, tmp_path_factory))) as app:
+        layers = get(app, "/api/views").json()["views"][0]["layers"]
+        assert layers["modern"]["available"] is False and "cannot be reached" in layers["modern"]["error"]
+        assert layers["historic"]["available"] is True
+        resp = get(app, tile_url("modern", T0))
+        assert resp.status_code == 502 and "connection refused" in resp.json()["error"]
+        assert get(app, tile_url("historic", T0)).status_code == 200

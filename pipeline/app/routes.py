@@ -36,6 +36,7 @@ from pipeline.core.errors import one_line
 log = logging.getLogger("luminescence.app")
 STATIC = Path(__file__).parent / "static"
 KEEP_UPLOADS = 20
+RESOLVE_WAIT_S = 8.0  # how long the page's view list waits for a slow map service
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _RESULT_FILES = {"result.tif": "image/tiff", "result.png": "image/png", "preview.png": "image/png"}
 SECURITY_HEADERS = [
@@ -108,19 +109,27 @@ def build_routes(state: AppState) -> list[BaseRoute]:
     cfg = state.cfg
     uploads_dir = state.data_dir / "uploads"
     exports_dir = state.data_dir / "exports"
-    cfg_timeout = state.params.harvest.connect_timeout_s + state.params.harvest.read_timeout_s
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def views(request: Request) -> Response:
+        # Titles and SYNTHETIC flags come from the services' capabilities: read them all at once,
+        # and wait for a slow or unreachable service only so long (it keeps resolving meanwhile).
+        pending = [layer for view in state.views.values() for layer in (view.historic, view.modern)
+                   if not layer.resolved]
+        if pending:
+            tasks = {asyncio.ensure_future(layer.aresolve()): layer for layer in pending}
+            done, _ = await asyncio.wait(tasks, timeout=RESOLVE_WAIT_S)
+            for task, layer in tasks.items():
+                if task not in done:
+                    task.add_done_callback(lambda t: t.exception())  # finishes later; nobody waits
+                    log.warning("layer %s of source %s: no answer within %g s", layer.cfg.layer,
+                                layer.cfg.source, RESOLVE_WAIT_S)
+                elif task.exception() is not None:
+                    log.warning("%s", one_line(str(task.exception())))
         described = []
         for view in state.views.values():
-            for layer in (view.historic, view.modern):  # titles and SYNTHETIC flags come from the service
-                try:
-                    await asyncio.wait_for(layer.aresolve(), timeout=cfg_timeout)
-                except (LayerUnavailable, TimeoutError) as exc:
-                    log.warning("view %s: %s", view.name, one_line(str(exc) or "timed out"))
             item = view.describe()
             for role, layer in (("historic", view.historic), ("modern", view.modern)):
                 if not layer.resolved:

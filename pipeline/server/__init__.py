@@ -10,9 +10,12 @@ HTTP 400 with an OGC `ows:ExceptionReport`. A deterministic `FaultPlan` injects 
 and benchmarks.
 
 Modules, each with one job (imports go down this list):
-- `httpd`: `WmtsServer`, the threaded `http.server` transport on 127.0.0.1;
-- `bundled`: the bundled sample's layers (NYSDOP colour + the SYNTHETIC film layer), serving it
-  for the duration of a block, and the sample's stable cache identity;
+- `bundled`: the bundled sample's layers (NYSDOP colour + the SYNTHETIC film layer) and serving
+  them for the duration of a block;
+- `httpd`: `WmtsServer`, the service under uvicorn on 127.0.0.1 (what the fetch stage harvests);
+- `asgi`: `WmtsAsgi`, the endpoints as an ASGI app (also mounted by the web app, pipeline.app);
+- `asgi_server`: uvicorn on a socket bound first (port 0 = any free port), in a thread or not;
+- `sample_identity`: the sample's stable cache identity (its config, files and this code);
 - `handling`: one request (path + query) -> `Response` (status, headers, body), independent of
   any HTTP library, so another transport (e.g. an ASGI app) serves the same endpoints;
 - `service`: `WmtsService`, the state every request needs (layers, renderer, faults, counters);
