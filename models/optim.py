@@ -32,7 +32,7 @@ class Adam(torch.optim.Adam):
         _plain(torch.optim.Optimizer.zero_grad)(self, set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return _plain(torch.optim.Optimizer.state_dict)(self)  # type: ignore[no-any-return]
+        return _plain(torch.optim.Optimizer.state_dict)(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         _plain(torch.optim.Optimizer.load_state_dict)(self, state_dict)
@@ -40,4 +40,4 @@ class Adam(torch.optim.Adam):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         # torch's wrapper runs the step with autograd off (this optimizer is not differentiable).
         with torch.no_grad():
-            return _plain(torch.optim.Adam.step)(self, closure)  # type: ignore[no-any-return]
+            return _plain(torch.optim.Adam.step)(self, closure)
