@@ -61,17 +61,19 @@ class ModelRunner:
     """Loads `path` once and colourises (H, W) uint8 gray windows in shared batches."""
 
     def __init__(self, path: str | Path, *, batch_size: int = 8, wait_s: float = 0.005,
-                 device: str = "cpu") -> None:
+                 device: str = "auto") -> None:
+        """`device`: auto (a CUDA GPU, else Apple MPS, else the CPU), cpu, cuda or mps."""
         from pipeline.inference.colourise import context_margin, size_multiple
         from pipeline.training.checkpoint import load_model
+        from pipeline.training.devices import pick_device
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelUnavailable(f"model {self.path} not found: train one (`dvc repro train@ABLATION`, "
                                    f"then set app.model to runs/ABLATION/model.pt) or pass --model")
         self.digest = file_digest(self.path)
-        self.model = load_model(self.path, device)
-        self.device = device
+        self.device = pick_device(device)
+        self.model = load_model(self.path, self.device)
         self.net_g = str(getattr(self.model.opts, "netG", "?"))
         self.margin = context_margin(size_multiple(self.net_g))
         self.window = TILE_SIZE + 2 * self.margin
@@ -91,7 +93,7 @@ class ModelRunner:
 
     @property
     def label(self) -> str:
-        return f"{self.model.name} ({self.net_g}) from {self.path}"
+        return f"{self.model.name} ({self.net_g}) from {self.path} on {self.device.type}"
 
     def submit(self, window: np.ndarray, priority: int = PRIORITY_TILE) -> Future[np.ndarray]:
         """Colourise one (window, window) uint8 gray array; the future gives (window, window, 3) uint8."""
