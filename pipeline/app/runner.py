@@ -9,7 +9,6 @@ tiles go before upload blocks (priority), so an upload never holds up the map.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import queue
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import sha256_of_file
 from pipeline.geo.tiles import TILE_SIZE
 
 log = logging.getLogger("luminescence.app")
@@ -32,14 +32,6 @@ PRIORITY_UPLOAD = 1
 
 class ModelUnavailable(LuminescenceError):
     pass
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(order=True)
@@ -71,7 +63,7 @@ class ModelRunner:
         if not self.path.is_file():
             raise ModelUnavailable(f"model {self.path} not found: train one (`dvc repro train@ABLATION`, "
                                    f"then set app.model to runs/ABLATION/model.pt) or pass --model")
-        self.digest = file_digest(self.path)
+        self.digest = sha256_of_file(self.path)
         self.device = pick_device(device)
         self.model = load_model(self.path, self.device)
         self.net_g = str(getattr(self.model.opts, "netG", "?"))

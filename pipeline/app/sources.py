@@ -28,7 +28,7 @@ from pipeline.geo.harvester import RateLimiter, TileFetcher, make_session, sourc
 from pipeline.geo.tilecache import TileCache
 from pipeline.geo.tiles import TileId
 from pipeline.geo.tilestore import TileStatus, decode_tile
-from pipeline.geo.wmts_client import LayerInfo, TileSource, read_capabilities, resolve_source, xyz_source
+from pipeline.geo.wmts_client import LayerInfo, TileSource, read_capabilities_for, resolve_source, xyz_source
 
 log = logging.getLogger("luminescence.app")
 DECODED_CACHE_TILES = 512
@@ -131,8 +131,7 @@ class LayerTiles:
                 else:
                     url = self._sample_caps_url() if kind == "sample" else self.source_cfg.url
                     assert url is not None
-                    caps = read_capabilities(url, user_agent=cfg.user_agent,
-                                             timeout=(cfg.connect_timeout_s, cfg.read_timeout_s))
+                    caps = read_capabilities_for(url, cfg)  # the harvest section's limits and deadline
                     wmts = resolve_source(caps, self.cfg.layer, zoom=self.zoom)
                     self._info = wmts.layer
                     source = wmts

@@ -10,16 +10,14 @@
   bytes, or for a folder by the file every such folder holds): the command would replace or
   modify something that is not its own.
 All of it is checked together before the command writes anything, so a refused command has
-changed nothing. Files that are written whole go through `replaced_atomically`, so an
+changed nothing. Files that are written whole go through `pipeline.core.files.replacing`, so an
 interrupted write leaves the previous file, never half of a new one.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,29 +153,3 @@ def _check_kind(out: Output) -> None:
         raise OutputPathError(
             f"{out.flag} {out.path} exists and is not {out.kind.name}, the kind of file written there; "
             f"it is left untouched: choose another {out.flag} or move that file away")
-
-
-def default_file_mode() -> int:
-    """The permissions a new file gets under the current umask (mkstemp makes 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-@contextmanager
-def replaced_atomically(path: Path) -> Iterator[Path]:
-    """A fresh temporary path beside `path`: write it in the block; it replaces `path` (one
-    rename) when the block succeeds and is removed when it fails. The name is unique, so it can
-    never be another file of the user's (as `path.tmp` could be)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        os.chmod(tmp, default_file_mode())
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

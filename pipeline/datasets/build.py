@@ -131,6 +131,28 @@ class AlignResult:
         return {s: len(self.pairs[s]) for s in SPLITS}
 
 
+def pair_stores(label: str, ds: DatasetConfig, params: Params, tiles_dir: Path, target_key: str,
+                historic_key: str | None, *, role: str = "", progress: bool = True,
+                plan: SplitPlan | WholeAreaPlan | None = None,
+                ) -> tuple[AlignResult, TileGrid, dict[str, str], dict[str, str]]:
+    """Open the target (and historic) store, align them and close them again: the result, the
+    target's grid and both stores' metadata (the target's stands for the input's with gray input)."""
+    target = open_store(tiles_dir, target_key, f"{role}target")
+    source = None
+    try:
+        if historic_key is not None:
+            source = open_store(tiles_dir, historic_key, f"{role}historic")
+        result = align_pairs(label, ds, params, target, source, progress=progress, plan=plan)
+        grid = grid_of(target, f"{role}target")
+        t_meta = target.metadata
+        i_meta = source.metadata if source is not None else t_meta
+    finally:
+        target.close()
+        if source is not None:
+            source.close()
+    return result, grid, t_meta, i_meta
+
+
 def _status_drop(status: TileStatus) -> str | None:
     return {TileStatus.EMPTY: "target_empty", TileStatus.FAILED: "target_failed"}.get(status)
 
@@ -416,21 +438,10 @@ def align_heldout(name: str, ds: DatasetConfig, params: Params, tiles_dir: Path,
     """Every tile of the held-out area, paired and registered exactly like the dataset's own."""
     assert ds.heldout is not None
     ho = ds.heldout
-    target = open_store(tiles_dir, ho.target, "held-out target")
-    source = None
-    try:
-        if ds.input == "historic":
-            assert ho.historic is not None
-            source = open_store(tiles_dir, ho.historic, "held-out historic")
-        result = align_pairs(f"{name} (held-out)", ds, params, target, source, progress=progress,
-                             plan=WholeAreaPlan("test"))
-        grid = grid_of(target, "held-out target")
-        t_meta = target.metadata
-        i_meta = source.metadata if source is not None else t_meta
-    finally:
-        target.close()
-        if source is not None:
-            source.close()
+    historic = ho.historic if ds.input == "historic" else None  # DatasetConfig: set iff historic input
+    result, grid, t_meta, i_meta = pair_stores(
+        f"{name} (held-out)", ds, params, tiles_dir, ho.target, historic, role="held-out ",
+        progress=progress, plan=WholeAreaPlan("test"))
     pairs = result.pairs["test"]
     overlap = {p.tile for p in pairs} & training_tiles
     if overlap:
@@ -467,19 +478,8 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
     stores = [store_path(key, tiles_dir) for key in (ds.target, ds.historic) if key]
     check_outputs([Output("--out-dir", Path(out_dir) / name, DATASET_FOLDER)],
                   {"the tile store": [f for s in stores for f in sqlite_files(s)]})
-    target = open_store(tiles_dir, ds.target, "target")
-    source = None
-    try:
-        if historic is not None:
-            source = open_store(tiles_dir, historic, "historic")
-        result = align_pairs(name, ds, params, target, source, progress=progress)
-        grid = grid_of(target, "target")
-        t_meta = target.metadata
-        i_meta = source.metadata if source is not None else t_meta
-    finally:
-        target.close()
-        if source is not None:
-            source.close()
+    result, grid, t_meta, i_meta = pair_stores(name, ds, params, tiles_dir, ds.target, historic,
+                                               progress=progress)
 
     synthetic = i_meta.get("synthetic", "false").lower() == "true"
     target_layer = t_meta.get("layer", ds.target)

@@ -15,6 +15,7 @@ import numpy as np
 from affine import Affine
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import replacing
 
 BLOCK = 256
 
@@ -39,11 +40,9 @@ def write_cog(rgba: np.ndarray, path: str | os.PathLike[str], *, crs: object, tr
         raise CogError(f"write_cog needs (H, W, 3|4) uint8 pixels, got {rgba.shape} {rgba.dtype}")
     h, w, n = rgba.shape
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     profile = dict(cog_profiles.get("deflate"), blockxsize=BLOCK, blockysize=BLOCK, predictor=2)
     interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue] + ([ColorInterp.alpha] if n == 4 else [])
-    with rasterio.Env(GDAL_NUM_THREADS="1"), MemoryFile() as mem:
+    with replacing(path) as tmp, rasterio.Env(GDAL_NUM_THREADS="1"), MemoryFile() as mem:
         with mem.open(driver="GTiff", width=w, height=h, count=n, dtype="uint8", crs=crs,
                       transform=transform, photometric="RGB") as src:
             src.colorinterp = interp
@@ -51,7 +50,6 @@ def write_cog(rgba: np.ndarray, path: str | os.PathLike[str], *, crs: object, tr
         with mem.open() as src:
             cog_translate(src, tmp, profile, overview_resampling="average", in_memory=True, quiet=True,
                           additional_cog_metadata=dict(tags or {}))
-    tmp.replace(path)
     return path
 
 

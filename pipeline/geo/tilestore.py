@@ -13,7 +13,6 @@ bytes, whatever order concurrent workers stored them in (DVC then sees an unchan
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from urllib.parse import quote
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import remove_stale_temp_files, replacing
 from pipeline.geo.pixels import decode_tile
 from pipeline.geo.tiles import TileId, tile_bounds_3857, tms_row
 
@@ -327,13 +327,12 @@ def write_canonical(path: str | Path) -> None:
     An SQLite file also records its history: rows in insertion order (which concurrent
     harvesting shuffles), free pages, change counters. The copy is built in a fresh file next
     to the store by one fixed sequence of statements, metadata by name and tiles in (zoom,
-    column, row) order, then replaces the store with os.replace: a crash leaves the old store
-    or the new one, never a mix.
+    column, row) order, then replaces the store (`pipeline.core.files.replacing`, durable): a crash leaves the
+    old store or the new one, never a mix.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.canonical.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover of a crash during an earlier rewrite
-    try:
+    remove_stale_temp_files(path)  # leftovers of a crash during an earlier rewrite
+    with replacing(path, durable=True) as tmp:
         db = sqlite3.connect(_uri(tmp, "rwc"), uri=True, isolation_level=None)
         try:
             db.executescript(SCHEMA)
@@ -345,8 +344,3 @@ def write_canonical(path: str | Path) -> None:
             db.execute("DETACH DATABASE src")
         finally:
             db.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

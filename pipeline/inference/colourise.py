@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
-from pipeline.core.outputs import PNG, SQLITE, TIFF, Output, check_outputs, replaced_atomically
+from pipeline.core.files import replacing
+from pipeline.core.outputs import PNG, SQLITE, TIFF, Output, check_outputs
 from pipeline.geo.pixels import GrayTiles, to_gray
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, union_bounds_wgs84
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, check_store_file, sqlite_files
@@ -187,7 +188,7 @@ def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, m
     scale = max_px / max(img.size)
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
-    with replaced_atomically(path) as tmp:
+    with replacing(path) as tmp:
         img.save(tmp, format="PNG")
     return path
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.files import replacing
+
 FEATURE_CACHE = Path(".cache/features")
 
 
@@ -40,9 +42,7 @@ def cached_target_extractions(targets: np.ndarray, extractors: list[Any], *, bat
             except (OSError, ValueError, KeyError):  # damaged: extract again and overwrite
                 pass
         extraction = ex.extract(targets, batch_size, layout="NHWC", progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, features=extraction.features, logits=extraction.logits)
-        tmp.replace(path)
+        with replacing(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, features=extraction.features, logits=extraction.logits)
         out[ex.name] = extraction
     return out

@@ -20,8 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 import warnings
@@ -36,6 +34,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_bounds
 from rasterio.warp import reproject
 
+from pipeline.core.files import replacing
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857
 from pipeline.sample.film import read_mosaic
 from pipeline.server.layers import Layer, RasterGroup, intersects
@@ -77,18 +76,9 @@ def build_cached_mosaic(paths: Sequence[Path], bands: Sequence[int], out: Path) 
         "blockysize": TILE_SIZE, "compress": "zstd", "zstd_level": 1, "predictor": 2,
         "interleave": "pixel", "alpha": "YES", "photometric": "RGB" if len(bands) == 3 else "MINISBLACK",
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(np.concatenate([mosaic.data, alpha[None]], axis=0))
-            dst.build_overviews(_overview_factors(w, h), Resampling.average)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared like any other file
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(np.concatenate([mosaic.data, alpha[None]], axis=0))
+        dst.build_overviews(_overview_factors(w, h), Resampling.average)
 
 
 class _Reader:

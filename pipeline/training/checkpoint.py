@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import LuminescenceError
-from pipeline.core.files import remove_stale_temp_files as remove_stale_temp_files  # for loop.py
 from pipeline.core.files import replacing
 
 FORMAT = "luminescence-train-checkpoint"

@@ -29,9 +29,10 @@ import torch
 from tqdm import tqdm
 
 from models.base import GANModel
+from pipeline.core.files import remove_stale_temp_files
 from pipeline.datasets.batches import PairBatches
 from pipeline.datasets.storage import atomic_write_bytes, open_split
-from pipeline.training.checkpoint import remove_stale_temp_files, save_model_file
+from pipeline.training.checkpoint import save_model_file
 from pipeline.training.checkpointer import Checkpointer
 from pipeline.training.devices import (
     Distributed,
