@@ -113,12 +113,13 @@ def trunk_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if len(layers) != N_LAYERS:
         raise WeightsError(f"{path} holds {len(layers)} convolution layers, not the Inception v3 "
                            f"trunk's {N_LAYERS}")
-    tensors = []
+    tensors: list[list[torch.Tensor]] = []
     for i, layer in enumerate(layers):
         values = [layer.state.get(k) for k in LAYER_TENSORS]
-        if not all(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in values):
+        found = [v for v in values if isinstance(v, torch.Tensor) and v.dtype == torch.float32]
+        if len(found) != len(LAYER_TENSORS):
             raise WeightsError(f"{path}: convolution layer {i} lacks float32 {', '.join(LAYER_TENSORS)}")
-        tensors.append(values)
+        tensors.append(found)
     keys = [archive.key_of(w) for w, *_ in tensors]
     if keys != sorted(keys):  # the DFS order of the tree must be the file order
         raise WeightsError(f"{path}: convolution layers are not stored in module order")

@@ -442,7 +442,8 @@ def align_heldout(name: str, ds: DatasetConfig, params: Params, tiles_dir: Path,
         raise AlignError(f"dataset '{name}': the held-out area shares {len(overlap)} tiles with the training "
                          f"area (e.g. {min(overlap)}); datasets.{name}.heldout must be another area")
     target_layer = t_meta.get("layer", ho.target)
-    input_layer = i_meta.get("layer", ho.historic) if ds.input == "historic" else f"{target_layer} (luma)"
+    historic_layer = str(i_meta.get("layer", ho.historic))
+    input_layer = historic_layer if ds.input == "historic" else f"{target_layer} (luma)"
     meta = {"input_kind": ds.input, "input_layer": input_layer, "target_layer": target_layer,
             "target_store": str(store_path(ho.target, tiles_dir)),
             "input_store": str(store_path(ho.historic or ho.target, tiles_dir))}

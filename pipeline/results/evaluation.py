@@ -102,7 +102,7 @@ def load_areas(dataset: str) -> tuple[Path, Any, list[Area]]:
             synthetic = info.synthetic_input
             label = f"test split of {dataset} ({info.target_layer}, z{info.zoom})"
         else:
-            ho = info.heldout
+            ho: dict[str, Any] = info.heldout or {}
             synthetic = bool(ho.get("synthetic_input"))
             label = (f"held-out area {ho.get('aoi', '?')} ({ho.get('target_layer', '?')}, "
                      f"z{ho.get('zoom', '?')})")
@@ -246,9 +246,10 @@ def _mean_over_draws(draws: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[
     per_draw: dict[str, list[float]] = {}
     for key, first in draws[0].items():
         numbers = [d.get(key) for d in draws]
-        if isinstance(first, float) and all(isinstance(v, float) for v in numbers):
-            values[key] = float(np.mean(numbers))
-            per_draw[key] = [float(v) for v in numbers]  # type: ignore[arg-type]
+        floats = [v for v in numbers if isinstance(v, float)]
+        if isinstance(first, float) and len(floats) == len(numbers):
+            values[key] = float(np.mean(floats))
+            per_draw[key] = floats
         else:
             values[key] = first
     return values, per_draw
@@ -282,10 +283,11 @@ def score_area(area: Area, predictor: Predictor, extractors: dict[str, list[Any]
     intervals: dict[str, list[float] | None] = {}
     for key, reps in replicates.items():
         point = values.get(key)
-        ok = isinstance(point, float) and bool(np.all(np.isfinite(reps)))
-        ci = bootstrap.interval(point, reps, confidence=cfg.confidence, method=INTERVAL_METHODS[key]) \
-            if ok else None
-        intervals[key] = [ci.low, ci.high] if ci else None
+        if isinstance(point, float) and bool(np.all(np.isfinite(reps))):
+            ci = bootstrap.interval(point, reps, confidence=cfg.confidence, method=INTERVAL_METHODS[key])
+            intervals[key] = [ci.low, ci.high]
+        else:
+            intervals[key] = None  # e.g. PSNR of predictions equal to their targets: infinite
     record: dict[str, Any] = {
         "label": area.label, "n": n, "tiles": len(area.tiles), "tiles_sha256": tiles_hash(tiles),
         "synthetic_input": area.synthetic, "values": values, "intervals": intervals,
@@ -342,8 +344,9 @@ def write_json(path: Path, record: dict[str, Any]) -> Path:
 
 def write_replicates(path: Path, replicates: dict[str, dict[str, np.ndarray]]) -> Path:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{f"{area}/{key}": reps.astype(np.float64)
-                                for area, by_key in replicates.items() for key, reps in by_key.items()})
+    arrays: dict[str, Any] = {f"{area}/{key}": reps.astype(np.float64)
+                              for area, by_key in replicates.items() for key, reps in by_key.items()}
+    np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -386,7 +389,7 @@ def evaluate(name: str, params: Any, *, baseline: bool = False, progress: bool =
     # Inception has no classifier, FD/KID-EffNet) on the test split only, to keep the stage short.
     inception = fid_inception(cfg.inception_weights, allow_download=cfg.allow_download)
     lite0 = EfficientNetLite0Extractor()
-    extractors = {"test": [inception, lite0], HELDOUT: [inception]}
+    extractors: dict[str, list[Any]] = {"test": [inception, lite0], HELDOUT: [inception]}
 
     results: dict[str, dict[str, Any]] = {}
     replicates: dict[str, dict[str, np.ndarray]] = {}

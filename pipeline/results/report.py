@@ -373,8 +373,8 @@ def bar_charts(entries: Sequence[Entry], out_dir: Path) -> list[Path]:
 
     paths = []
     for area, metric in CHART_METRICS:
-        rows = [(e, e.value(area, metric), e.interval(area, metric)) for e in entries
-                if e.value(area, metric) is not None]
+        rows = [(e, v, e.interval(area, metric)) for e in entries
+                if (v := e.value(area, metric)) is not None]
         if not rows:
             continue
         rows.sort(key=lambda r: (r[0].dataset, r[1]))
@@ -441,7 +441,8 @@ def training_curves(names: Sequence[str], out_dir: Path, runs_dir: Path = RUNS_D
 
 # --------------------------------------------------------------------------- the stage
 def _provenance_lines(entries: Sequence[Entry]) -> list[str]:
-    extractors = next((e.record.get("extractors") for e in entries if e.record.get("extractors")), {})
+    extractors: dict[str, Any] = next((e.record["extractors"] for e in entries
+                                       if e.record.get("extractors")), {})
     fid = extractors.get("inception_v3_fid", {})
     lines = []
     if fid:
@@ -461,7 +462,7 @@ def _provenance_lines(entries: Sequence[Entry]) -> list[str]:
 def summary_markdown(params: Any, entries: Sequence[Entry], missing: Sequence[str],
                      figures: Sequence[Path]) -> str:
     models = [e for e in entries if e.kind == "model"]
-    boot = next((e.record.get("bootstrap") for e in entries if e.record.get("bootstrap")), {})
+    boot: dict[str, Any] = next((e.record["bootstrap"] for e in entries if e.record.get("bootstrap")), {})
     lines = ["# Luminescence: results", "",
              f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m pipeline.stages.report` "
              "from reports/evaluation/*.json (training preset "
