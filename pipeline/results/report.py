@@ -477,9 +477,10 @@ def summary_markdown(params: Any, entries: Sequence[Entry], missing: Sequence[st
     ns = sorted({f"{k} {a['n']}" for e in entries for k, a in e.record.get("areas", {}).items()})
     lines += [f"Tiles scored (N): {', '.join(ns)}. Every number is followed by its "
               f"{float(boot.get('confidence', 0.95)):.0%} interval from a seeded bootstrap over tiles "
-              f"({boot.get('samples', '?')} resamples, seed {boot.get('seed', '?')}; FID and KID: basic "
-              "interval, the rest: percentile; docs/metrics.md). FID is biased upwards at small N: "
-              "compare it only at equal N, never with published FIDs. ↓ lower is better, ↑ higher.", ""]
+              f"({boot.get('samples', '?')} resamples, seed {boot.get('seed', '?')}; FID and KID: the "
+              "replicates' spread centred on the value, the rest: percentile; docs/metrics.md). FID is "
+              "biased upwards at small N: compare it only at equal N, never with published FIDs. "
+              "↓ lower is better, ↑ higher.", ""]
     baselines = [e for e in entries if e.kind == "baseline"]
     by_family: dict[str, list[Entry]] = {}
     for e in models:
