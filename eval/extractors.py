@@ -205,7 +205,8 @@ class InceptionV3Extractor(FeatureExtractor):
         network = FIDInceptionV3()
         network.load_state_dict(load_state_dict(found.path, inception_manifest()), strict=True)
         log.info("FID Inception weights: %s (%s, sha256 %s...)", found.path, found.origin, found.sha256[:12])
-        provenance = {"source": f"pytorch-fid's release file ({found.origin})", "file": INCEPTION_FILE,
+        provenance: dict[str, object] = {
+                      "source": f"pytorch-fid's release file ({found.origin})", "file": INCEPTION_FILE,
                       "sha256": found.sha256, "network": "2015-12-05 TensorFlow Inception v3 with its "
                       "1008-way classifier, loaded into eval/inception_net.py"}
         return cls(network, name="inception_v3_fid", weights_sha256=found.sha256, reference=True,

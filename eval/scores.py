@@ -50,9 +50,9 @@ __all__ = ["INTERVAL_METHODS", "ScoredSet", "colour_metrics", "distribution_metr
            "metric_names", "score_predictions", "score_set", "score_with_config"]
 
 # Metrics with a bootstrap interval, and how it is formed (eval/bootstrap.py): means over
-# tiles take the percentile interval; FID and KID, biased upwards by repeated tiles, the basic one.
+# tiles take the percentile interval; FID and KID, inflated by repeated tiles, the centred one.
 INTERVAL_METHODS: dict[str, bootstrap.Method] = {
-    "fid": "basic", "kid_mean": "basic", "delta_e2000_mean": "percentile", "psnr": "percentile",
+    "fid": "centred", "kid_mean": "centred", "delta_e2000_mean": "percentile", "psnr": "percentile",
     "ssim": "percentile", "colourfulness_output": "percentile",
 }
 

@@ -91,12 +91,13 @@ def test_gram_route_frechet_equals_the_covariance_route() -> None:
                                                                  rel=1e-9)
 
 
-def test_basic_interval_reflects_around_the_point() -> None:
+def test_centred_interval_keeps_the_spread_around_the_point() -> None:
     reps = np.array([11.0, 12.0, 13.0, 14.0, 15.0] * 20)  # replicates biased above a point of 10
-    ci = interval(10.0, reps, method="basic", confidence=0.8)
+    ci = interval(10.0, reps, method="centred", confidence=0.8)
     pct = interval(10.0, reps, method="percentile", confidence=0.8)
     assert pct.low > 10.0  # the percentile interval misses the point estimate entirely
-    assert ci.low == pytest.approx(2 * 10 - pct.high) and ci.high == pytest.approx(2 * 10 - pct.low)
+    assert ci.covers(10.0) and ci.high - ci.low == pytest.approx(pct.high - pct.low)
+    assert ci.low == pytest.approx(pct.low - 3.0)  # shifted by point - mean of the replicates
 
 
 def test_bad_replicates_are_refused() -> None:

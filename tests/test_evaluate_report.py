@@ -213,7 +213,7 @@ def test_report_tables_intervals_verdicts_and_no_lingering_ablations(trained: Pa
     assert "## Held-out area" in text and "three tiles east" in text
     line = next(x for x in text.splitlines() if x.startswith("| Lab beat RGB for pix2pix on gray input"))
     verdicts = ("**yes**", "**no**", "**inconclusive**")
-    assert "ΔFID" in line and "ΔE00" in line and any(w in line for w in verdicts)
+    assert "| FID " in line and "; ΔE00 " in line and any(w in line for w in verdicts)
     rec = _details(trained, "p2p_rgb")["areas"]["test"]
     fid, (low, high) = rec["values"]["fid"], rec["intervals"]["fid"]
     assert f"{fid:.2f} [{low:.2f}, {high:.2f}]" in text  # the table quotes the real numbers

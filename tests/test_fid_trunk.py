@@ -30,6 +30,7 @@ def _two_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_mapped_trunk_equals_the_torchscript_output(trunk_file: fid_trunk.TrunkFile) -> None:
     """pool3 of our network with the mapped tensors vs running the TorchScript itself (here
     only, as the reference; the pipeline never runs it)."""

@@ -31,18 +31,19 @@ from pipeline.datasets.storage import atomic_write_bytes
 DETAILS_DIR = REPORTS_DIR / "evaluation"
 FAMILIES = {"pix2pix": "pix2pix", "cyclegan": "CycleGAN", "cut": "CUT / FastCUT",
             "fastcut": "CUT / FastCUT", "bicyclegan": "BicycleGAN"}
-# Table columns: (metric key, header, lower is better). Missing keys show as "—".
-COLUMNS: list[tuple[str, str, bool]] = [
+# Table columns: (metric key, header, lower is better; None: closer to the targets' is better).
+# Missing keys show as "—".
+COLUMNS: list[tuple[str, str, bool | None]] = [
     ("fid", "FID", True),
     ("kid_mean", "KID", True),
     ("delta_e2000_mean", "ΔE00", True),
     ("psnr", "PSNR", False),
     ("ssim", "SSIM", False),
-    ("colourfulness_output", "colourful.", False),
+    ("colourfulness_output", "colourful.", None),
     ("is_max", "IS max", False),
     ("is_mean", "IS mean", False),
 ]
-EFFNET_COLUMNS: list[tuple[str, str, bool]] = [
+EFFNET_COLUMNS: list[tuple[str, str, bool | None]] = [
     ("is_efficientnet_lite0_max", "IS-EffNet max", False),
     ("is_efficientnet_lite0_mean", "IS-EffNet mean", False),
     ("fd_efficientnet_lite0", "FD-EffNet", True),
@@ -145,7 +146,7 @@ def fmt_ci(value: float | None, ci: list[float] | None) -> str:
     return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else fmt(value)
 
 
-def _columns(entries: Sequence[Entry], area: str) -> list[tuple[str, str, bool]]:
+def _columns(entries: Sequence[Entry], area: str) -> list[tuple[str, str, bool | None]]:
     cols = [c for c in COLUMNS if any(e.value(area, c[0]) is not None for e in entries)]
     if not any(e.value(area, "is_max") is not None for e in entries):  # no classifier: IS-EffNet
         cols += [c for c in EFFNET_COLUMNS[:2] if any(e.value(area, c[0]) is not None for e in entries)]
@@ -155,7 +156,8 @@ def _columns(entries: Sequence[Entry], area: str) -> list[tuple[str, str, bool]]
 def table(entries: Sequence[Entry], area: str = "test") -> list[str]:
     rows = [e for e in entries if e.area(area)]
     cols = _columns(rows, area)
-    head = ["input", "variant", "N", *[h + (" ↓" if low else " ↑") for _, h, low in cols]]
+    arrows = {True: " ↓", False: " ↑", None: ""}
+    head = ["input", "variant", "N", *[h + arrows[low] for _, h, low in cols]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in sorted(rows, key=lambda e: (e.input, e.kind != "baseline", e.name)):
         synthetic = bool(e.area(area).get("synthetic_input"))  # type: ignore[union-attr]
@@ -207,7 +209,7 @@ def compare(treatment: Entry, control: Entry, metric: str, label: str, lower_is_
 
 
 def verdict_cells(treatment: Entry, control: Entry, area: str = "test") -> str | None:
-    parts = [compare(treatment, control, m, f"Δ{label}", low, area) for m, label, low in VERDICT_METRICS]
+    parts = [compare(treatment, control, m, label, low, area) for m, label, low in VERDICT_METRICS]
     found = [c.text() for c in parts if c is not None]
     return "; ".join(found) if found else None
 
@@ -335,7 +337,7 @@ def baseline_matrix(entries: Sequence[Entry], area: str) -> list[str]:
             cells = []
             for b in bases:
                 parts = [compare(m, b, metric, label, low, area) for metric, label, low in VERDICT_METRICS]
-                cells.append(", ".join(f"{c.label.strip('Δ')} {c.verdict}" for c in parts if c) or "—")
+                cells.append(", ".join(f"{c.label} {c.verdict}" for c in parts if c) or "—")
             lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
         beat_all = [m.name for m in models if all(_beats(m, b, area) for b in bases)]
         shown = ", ".join(beat_all) if beat_all else "none"
@@ -475,11 +477,16 @@ def summary_markdown(params: Any, entries: Sequence[Entry], missing: Sequence[st
                   "real old photos.", ""]
     lines += [*_provenance_lines(entries), ""]
     ns = sorted({f"{k} {a['n']}" for e in entries for k, a in e.record.get("areas", {}).items()})
+    targets = sorted({f"{k} {a['values']['colourfulness_target']:.2f}" for e in entries
+                      for k, a in e.record.get("areas", {}).items()
+                      if isinstance(a["values"].get("colourfulness_target"), float)})
     lines += [f"Tiles scored (N): {', '.join(ns)}. Every number is followed by its "
               f"{float(boot.get('confidence', 0.95)):.0%} interval from a seeded bootstrap over tiles "
-              f"({boot.get('samples', '?')} resamples, seed {boot.get('seed', '?')}; FID and KID: basic "
-              "interval, the rest: percentile; docs/metrics.md). FID is biased upwards at small N: "
-              "compare it only at equal N, never with published FIDs. ↓ lower is better, ↑ higher.", ""]
+              f"({boot.get('samples', '?')} resamples, seed {boot.get('seed', '?')}; FID and KID: the "
+              "replicates' spread centred on the value, the rest: percentile; docs/metrics.md). FID is "
+              "biased upwards at small N: compare it only at equal N, never with published FIDs. "
+              "↓ lower is better, ↑ higher; colourfulness: closer to the targets' is better "
+              f"(targets: {', '.join(targets) or '—'}).", ""]
     baselines = [e for e in entries if e.kind == "baseline"]
     by_family: dict[str, list[Entry]] = {}
     for e in models:
