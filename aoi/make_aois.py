@@ -42,6 +42,12 @@ COLUMBIA_FIELDS_2260 = Polygon(
     holes=[[(751800, 1294800), (753300, 1294800), (753300, 1296300), (752500, 1296600),
             (751800, 1296300)]])
 
+# The held-out area (never used for training or model selection): a 2,050 ft square in NY East
+# (ftUS, EPSG:2260) over the hamlet, its fields and the road in the middle of columbia_2010,
+# stored in that CRS. At z19, the zoom of the training data, it covers 152 tiles (>= 150; each
+# held-out tile is scored by every ablation, so no more than needed).
+COLUMBIA_HELDOUT_2260 = box(752600, 1293800, 754650, 1295850)
+
 # TWD97 / TM2 zone 121 (EPSG:3826) metres: the Academia Sinica campus, Nangang.
 SINICA_NANGANG_3826 = Polygon([(311300, 2770200), (312100, 2770150), (312500, 2770500),
                                (312500, 2771150), (311750, 2771200), (311300, 2770850)])
@@ -78,6 +84,8 @@ def build_aois() -> dict[str, geopandas.GeoDataFrame]:
                               "erie_village"),
         "columbia_fields": frame(_to_wgs84(COLUMBIA_FIELDS_2260, 2260), 4326,
                                  "fields inside columbia_2010; hole: woodlot", "columbia_fields"),
+        "columbia_heldout": frame(COLUMBIA_HELDOUT_2260, 2260, "held-out area inside columbia_2010: "
+                                  "hamlet, fields, road", "columbia_heldout"),
         "sinica_nangang": frame(SINICA_NANGANG_3826, 3826, "Academia Sinica campus, Nangang",
                                 "sinica_nangang"),
         "taipei_basin": frame(TAIPEI_BASIN_3826, 3826, "Zhongzheng/Ximending + Da'an/Xinyi",
@@ -131,7 +139,8 @@ def main() -> None:
         print(f"wrote {target} ({frame.crs.to_string()}, {frame.geometry[0].geom_type})")
     if args.no_verify:
         return
-    checks = {"erie_village": ["erie_2011", "erie_2021"], "columbia_fields": ["columbia_2010"]}
+    checks = {"erie_village": ["erie_2011", "erie_2021"], "columbia_fields": ["columbia_2010"],
+              "columbia_heldout": ["columbia_2010"]}
     for name, layers in checks.items():
         for layer in layers:
             inside, nodata = nodata_cells_inside(aois[name], SAMPLE / layer)

@@ -36,10 +36,10 @@ from PIL import Image
 
 from pipeline.core.config import parse_params
 from pipeline.datasets.batches import PairBatches
-from pipeline.datasets.pairing import luma
+from pipeline.datasets.build import build_dataset
 from pipeline.datasets.storage import open_split
+from pipeline.geo.pixels import luma
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
-from pipeline.stages.align import build_dataset
 from tests.imagery import cut_tiles, make_store, png_bytes, render_mosaic
 
 ZOOM = 20

@@ -28,7 +28,7 @@ import scipy
 import torch
 from scipy import linalg
 
-from bench.timing import timed
+from bench.timing import cpu_model, timed
 from eval.extractors import EfficientNetLite0Extractor, FeatureExtractor, InceptionV3Extractor
 from eval.frechet import feature_statistics, frechet_distance
 from eval.weights import find_inception_weights
@@ -130,14 +130,7 @@ def bench_frechet(d: int, repeat: int) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- report
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(default=platform.processor() or platform.machine())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"numpy {np.__version__}, scipy {scipy.__version__}, Python {platform.python_version()}; "

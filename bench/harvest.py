@@ -30,6 +30,7 @@ from pathlib import Path
 
 import requests
 
+from bench.timing import cpu_model
 from pipeline.core.config import HarvestConfig, load_params
 from pipeline.geo.harvester import harvest_to_store
 from pipeline.geo.tiles import TileId
@@ -38,7 +39,8 @@ from pipeline.geo.wmts_client import WmtsSource, read_capabilities, resolve_sour
 
 # --------------------------------------------------------------------------- server process
 def _serve(conn, latency_s: float) -> None:  # runs in the child process
-    from pipeline.server.wmts import FaultPlan, serve_sample
+    from pipeline.server.bundled import serve_sample
+    from pipeline.server.faults import FaultPlan
 
     params = load_params()
     with serve_sample(params.sample, FaultPlan(latency_s=latency_s)) as server:
@@ -132,14 +134,7 @@ def run_harvester(name: str, source: WmtsSource, tiles: list[TileId], cfg: Harve
 
 # --------------------------------------------------------------------------- report
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model(default="unknown CPU")
     return f"{os.cpu_count()} CPUs (nproc), {model}; Python {platform.python_version()}, {platform.system()}"
 
 
@@ -178,7 +173,7 @@ def write_markdown(path: Path, *, command: str, results: dict[str, Result], naiv
         "the CPUs; the ratios compare runs made back to back in the same process)",
         f"- Command: `{command}`",
         f"- Workload: {args.tiles} distinct tiles of `{layer}` at z{zoom} (PNG, 256x256) from the project's "
-        f"WMTS server (pipeline.server.wmts) on 127.0.0.1 in a separate process, with "
+        f"WMTS server (pipeline.server) on 127.0.0.1 in a separate process, with "
         f"{args.latency * 1000:.0f} ms added latency per tile (FaultPlan.latency_s). The server's render "
         "cache was warmed with one full pass first, so the numbers measure the client. Every harvester "
         "run starts with an empty store and an empty cache (except the cached re-harvest).",

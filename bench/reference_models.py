@@ -5,6 +5,12 @@ They import the references' own model classes from checkouts the user points to
 `step()` that runs one `set_input` + `optimize_parameters`, with the settings our
 models use (same networks, widths, losses and batch).
 
+Checkouts differ in how their training script builds the options (2018 versions
+named several of them differently and built models with `initialize(opt)`; some set
+values such as the device outside the option parser): the options are read from the
+checkout's own parser, and what its scripts set elsewhere is set here
+(`_reference_opt`), so the adapter assumes as little as possible about the version.
+
 This module must not import the project's `models` package: the reference
 repositories have their own top-level `models` (and `util`, `options`, `data`)
 packages, so each reference runs in its own worker process with its checkout first
@@ -14,6 +20,7 @@ on sys.path.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import tempfile
 from collections.abc import Callable
@@ -50,43 +57,67 @@ def _import_from(repo: Path, module: str) -> Any:
     return importlib.import_module(module)
 
 
-def _pix2pix_opt(**overrides: Any) -> argparse.Namespace:
-    """Options of pytorch-CycleGAN-and-pix2pix's training script, defaults first."""
-    opt = argparse.Namespace(
-        gpu_ids=[],
-        isTrain=True,
-        checkpoints_dir=tempfile.mkdtemp(prefix="refbench"),
-        name="bench",
-        preprocess="resize_and_crop",
-        input_nc=3,
-        output_nc=3,
-        ngf=64,
-        ndf=64,
-        netD="basic",
-        n_layers_D=3,
-        norm="instance",
-        init_type="normal",
-        init_gain=0.02,
-        no_dropout=False,
-        pool_size=50,
-        gan_mode="lsgan",
-        lr=2e-4,
-        beta1=0.5,
-        direction="AtoB",
-        lr_policy="linear",
-        epoch_count=1,
-        n_epochs=100,
-        n_epochs_decay=100,
-        niter=100,
-        niter_decay=100,
-        continue_train=False,
-        verbose=False,
-        load_iter=0,
-        epoch="latest",
-    )
-    for key, value in overrides.items():
-        setattr(opt, key, value)
+# Our settings under the option names of older checkouts (2018 and earlier used these).
+RENAMED = {"netG": "which_model_netG", "netD": "which_model_netD", "direction": "which_direction",
+           "batch_size": "batchSize", "load_size": "loadSize", "crop_size": "fineSize"}
+
+
+def _parser_defaults(repo: Path, model_cls: Any) -> argparse.Namespace:
+    """Every option the checkout's training script defines, at its default: its
+    TrainOptions (with BaseOptions) and the model's `modify_commandline_options`. Read
+    from its own parser, so options this adapter has never heard of are there too."""
+    train_options = _import_from(repo, "options.train_options")
+    options = train_options.TrainOptions()
+    if inspect.signature(options.initialize).parameters:  # 2019 on: initialize(parser) returns it
+        parser = options.initialize(argparse.ArgumentParser())
+    else:  # 2018: initialize() fills self.parser
+        options.initialize()
+        parser = options.parser
+    setter = getattr(model_cls, "modify_commandline_options", None)
+    if setter is not None:
+        parser = setter(parser, True)
+    # Required options (the dataset root) get a placeholder: no data is read.
+    required = [a.option_strings[0] for a in parser._actions if a.required and a.option_strings]
+    opt, _ = parser.parse_known_args([arg for flag in required for arg in (flag, ".")])
     return opt
+
+
+def _reference_opt(repo: Path, model_cls: Any, device: str, **ours: Any) -> argparse.Namespace:
+    """The options a checkout's train.py would hand its model, with our settings.
+
+    Besides its parser's defaults, a model reads values that the checkout sets
+    elsewhere, which differ between versions: `isTrain` and `gpu_ids` as a list (in
+    BaseOptions.parse), the device (derived from gpu_ids in the model, or an `opt.device`
+    set by the options or the training script in other versions). All are set here, so
+    no version's model finds one missing.
+    """
+    import torch
+
+    opt = _parser_defaults(repo, model_cls)
+    gpu_ids = [0] if device == "cuda" else []
+    opt.isTrain = True
+    opt.gpu_ids = gpu_ids
+    # A torch.device works where a version calls .to(opt.device) or torch.device(opt.device).
+    opt.device = torch.device("cuda", 0) if gpu_ids else torch.device("cpu")
+    opt.checkpoints_dir = tempfile.mkdtemp(prefix="refbench")
+    opt.name = "bench"
+    opt.continue_train = False
+    opt.verbose = False
+    for key, value in ours.items():
+        old = RENAMED.get(key)
+        setattr(opt, old if old and hasattr(opt, old) and not hasattr(opt, key) else key, value)
+    if "gan_mode" in ours and hasattr(opt, "no_lsgan") and not hasattr(opt, "gan_mode"):
+        opt.no_lsgan = ours["gan_mode"] == "vanilla"  # before `gan_mode`: LSGAN unless no_lsgan
+    return opt
+
+
+def _build_model(model_cls: Any, opt: argparse.Namespace) -> Any:
+    """`Model(opt)` (2019 and later) or `Model()` then `initialize(opt)` (2018)."""
+    if any("__init__" in vars(c) for c in model_cls.__mro__ if c is not object):
+        return model_cls(opt)
+    model = model_cls()
+    model.initialize(opt)
+    return model
 
 
 def build_reference(
@@ -105,32 +136,25 @@ def build_reference(
     if config.startswith("pix2pix"):
         module = _import_from(repo, "models.pix2pix_model")
         net_g = "unet_256" if config == "pix2pix_unet256" else "resnet_9blocks"
-        opt = _pix2pix_opt(
-            gpu_ids=gpu_ids,
-            input_nc=1,
-            output_nc=3,
-            netG=net_g,
-            norm="batch",
-            pool_size=0,
-            gan_mode="vanilla",
-            lambda_L1=100.0,
+        opt = _reference_opt(
+            repo, module.Pix2PixModel, device,
+            input_nc=1, output_nc=3, netG=net_g, norm="batch", pool_size=0, gan_mode="vanilla",
+            lambda_L1=100.0, batch_size=batch_size, direction="AtoB", no_dropout=False,
         )
-        model = module.Pix2PixModel(opt)
+        model = _build_model(module.Pix2PixModel, opt)
         data = {"A": gray, "B": rgb}
         nets = {"G": model.netG, "D": model.netD}
         what = f"{repo.name} Pix2PixModel, {net_g}, input_nc 1, output_nc 3"
     elif config == "cyclegan":
         module = _import_from(repo, "models.cycle_gan_model")
         # its identity loss needs equal channel counts: the gray input as 3 channels
-        opt = _pix2pix_opt(
-            gpu_ids=gpu_ids,
-            netG="resnet_9blocks",
-            no_dropout=True,
-            lambda_A=10.0,
-            lambda_B=10.0,
-            lambda_identity=0.5,
+        opt = _reference_opt(
+            repo, module.CycleGANModel, device,
+            input_nc=3, output_nc=3, netG="resnet_9blocks", norm="instance", no_dropout=True,
+            gan_mode="lsgan", pool_size=50, lambda_A=10.0, lambda_B=10.0, lambda_identity=0.5,
+            batch_size=batch_size, direction="AtoB",
         )
-        model = module.CycleGANModel(opt)
+        model = _build_model(module.CycleGANModel, opt)
         data = {"A": gray.expand(-1, 3, -1, -1).contiguous(), "B": rgb}
         nets = {"G_A": model.netG_A, "G_B": model.netG_B, "D_A": model.netD_A, "D_B": model.netD_B}
         what = f"{repo.name} CycleGANModel, resnet_9blocks, 3 <-> 3 channels"

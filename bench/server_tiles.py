@@ -29,7 +29,9 @@ from rasterio.warp import reproject
 
 from pipeline.core.config import load_params
 from pipeline.geo.tiles import TileId, tile_bounds_3857
-from pipeline.server.wmts import WmtsServer, encode_tile, sample_layers
+from pipeline.server.bundled import sample_layers
+from pipeline.server.httpd import WmtsServer
+from pipeline.server.rendering import encode_tile
 
 
 def layer_tiles(server: WmtsServer, layer_id: str, z: int) -> list[TileId]:

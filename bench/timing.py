@@ -1,9 +1,10 @@
-"""Timing helper shared by the benchmarks."""
+"""Timing and machine-description helpers shared by the benchmarks."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -18,3 +19,14 @@ def timed(fn: Callable[[], T], repeat: int = 3) -> tuple[float, T]:
         result = fn()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def cpu_model(default: str) -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else `default`."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default

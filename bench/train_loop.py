@@ -37,7 +37,9 @@ from pipeline.core.paths import DATASETS_DIR
 from pipeline.datasets.batches import PairBatches
 from pipeline.datasets.storage import DatasetInfo, open_split, write_info, write_split
 from pipeline.training.devices import seed_everything
-from pipeline.training.loop import plan_run, train, validate
+from pipeline.training.loop import train
+from pipeline.training.plan import plan_run
+from pipeline.training.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "erie_2021"

@@ -19,6 +19,7 @@ All functions take uint8 RGB image stacks (N, H, W, 3) and return plain floats.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,12 +28,15 @@ from skimage.metrics import structural_similarity
 from models.colour import rgb_to_lab
 
 __all__ = [
+    "PerImage",
     "colourfulness",
     "delta_e2000",
     "delta_e2000_lab",
     "mean_colourfulness",
     "mean_ssim",
+    "per_image_metrics",
     "psnr",
+    "psnr_from_mse",
 ]
 
 
@@ -104,43 +108,54 @@ def _lab_of(images: np.ndarray) -> torch.Tensor:
     return rgb_to_lab(rgb).permute(0, 2, 3, 1)
 
 
-def delta_e2000(outputs: np.ndarray, targets: np.ndarray, *, chunk: int = 16) -> tuple[float, float]:
-    """(mean, median) CIEDE2000 ΔE over all pixels of all images (sRGB, D65)."""
-    _check_pair(outputs, targets)
+def _delta_e_values(outputs: np.ndarray, targets: np.ndarray, chunk: int) -> np.ndarray:
+    """(N, H*W) float32 CIEDE2000 of every pixel."""
     parts = []
     for start in range(0, outputs.shape[0], chunk):
         stop = start + chunk
         values = _ciede2000(_lab_of(outputs[start:stop]), _lab_of(targets[start:stop]))
-        parts.append(values.to(torch.float32).ravel().numpy())
-    values = np.concatenate(parts)
+        parts.append(values.to(torch.float32).reshape(values.shape[0], -1).numpy())
+    return np.concatenate(parts)
+
+
+def delta_e2000(outputs: np.ndarray, targets: np.ndarray, *, chunk: int = 16) -> tuple[float, float]:
+    """(mean, median) CIEDE2000 ΔE over all pixels of all images (sRGB, D65)."""
+    _check_pair(outputs, targets)
+    values = _delta_e_values(outputs, targets, chunk)
     return float(values.mean(dtype=np.float64)), float(np.median(values))
+
+
+def _squared_error(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(N,) mean squared error per image over pixels and channels, float64."""
+    return np.array([np.mean(np.square(o.astype(np.float64) - t.astype(np.float64)))
+                     for o, t in zip(outputs, targets, strict=True)])
+
+
+def psnr_from_mse(mse: float) -> float | None:
+    """10 log10(255² / MSE); None for an MSE of 0 (identical images: infinite PSNR)."""
+    return None if mse == 0.0 else float(10.0 * np.log10(255.0**2 / mse))
 
 
 def psnr(outputs: np.ndarray, targets: np.ndarray) -> float | None:
     """Set-level PSNR in dB (data range 255); None when outputs equal targets exactly."""
     _check_pair(outputs, targets)
-    total = 0.0
-    for out, tgt in zip(outputs, targets, strict=True):
-        diff = out.astype(np.float64) - tgt.astype(np.float64)
-        total += float(np.sum(diff * diff))
-    mse = total / outputs.size
-    if mse == 0.0:
-        return None
-    return float(10.0 * np.log10(255.0**2 / mse))
+    # Every image has the same pixel count, so the set's MSE is the mean of the images' MSEs.
+    return psnr_from_mse(float(_squared_error(outputs, targets).mean()))
+
+
+def _ssim_values(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    side = min(outputs.shape[1], outputs.shape[2])
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {outputs.shape[1:3]}")
+    return np.array([structural_similarity(o, t, channel_axis=-1, data_range=255, win_size=win)
+                     for o, t in zip(outputs, targets, strict=True)], dtype=np.float64)
 
 
 def mean_ssim(outputs: np.ndarray, targets: np.ndarray) -> float:
     """Mean over images of skimage's SSIM (RGB channels averaged, data_range 255)."""
     _check_pair(outputs, targets)
-    side = min(outputs.shape[1], outputs.shape[2])
-    win = min(7, side if side % 2 else side - 1)
-    if win < 3:
-        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {outputs.shape[1:3]}")
-    scores = [
-        structural_similarity(o, t, channel_axis=-1, data_range=255, win_size=win)
-        for o, t in zip(outputs, targets, strict=True)
-    ]
-    return float(np.mean(scores))
+    return float(np.mean(_ssim_values(outputs, targets)))
 
 
 def colourfulness(image: np.ndarray) -> float:
@@ -161,3 +176,33 @@ def mean_colourfulness(images: np.ndarray) -> float:
     """Mean colourfulness over a stack of uint8 RGB images (N, H, W, 3)."""
     _check_images(images, "images")
     return float(np.mean([colourfulness(img) for img in images]))
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """Each metric of each image pair (N,), and the set's ΔE median (no per-image form).
+
+    The set-level numbers are means of these (PSNR: of the squared errors), so resampling
+    images resamples them exactly (eval/bootstrap.py).
+    """
+
+    delta_e2000: np.ndarray  # mean CIEDE2000 over the image's pixels
+    squared_error: np.ndarray  # MSE over pixels and channels (0-255 scale)
+    ssim: np.ndarray
+    colourfulness_output: np.ndarray
+    colourfulness_target: np.ndarray
+    delta_e2000_median: float
+
+
+def per_image_metrics(outputs: np.ndarray, targets: np.ndarray, *, chunk: int = 16) -> PerImage:
+    """Every colour metric per image pair, in one pass over the images."""
+    _check_pair(outputs, targets)
+    de = _delta_e_values(outputs, targets, chunk)
+    return PerImage(
+        delta_e2000=de.mean(axis=1, dtype=np.float64),
+        squared_error=_squared_error(outputs, targets),
+        ssim=_ssim_values(outputs, targets),
+        colourfulness_output=np.array([colourfulness(o) for o in outputs]),
+        colourfulness_target=np.array([colourfulness(t) for t in targets]),
+        delta_e2000_median=float(np.median(de)),
+    )

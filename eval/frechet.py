@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-__all__ = ["feature_statistics", "frechet_distance", "frechet_distance_from_features"]
+__all__ = ["feature_statistics", "frechet_distance", "frechet_distance_from_features", "nuclear_norm"]
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +89,49 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return max(value, 0.0)
 
 
+def nuclear_norm(matrices: np.ndarray) -> np.ndarray:
+    """Sum of singular values of each matrix of a stack (..., m, n), float64.
+
+    On one thread: LAPACK's multithreaded SVD of small (~100 x 100) matrices spins, and ran
+    15x slower in CPU time than one thread on our shared 2-core machine (1009 vs 67 ms for
+    64 matrices of 108 x 108)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        stack = torch.from_numpy(np.ascontiguousarray(matrices, dtype=np.float64))
+        return torch.linalg.svdvals(stack).sum(-1).numpy()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (N1, d) and (N2, d)."""
-    mu1, s1 = feature_statistics(features1)
-    mu2, s2 = feature_statistics(features2)
-    return frechet_distance(mu1, s1, mu2, s2)
+    """Fréchet distance between Gaussians fitted to two feature sets (N1, d) and (N2, d).
+
+    With fewer samples than dimensions (our test sets: N ~ 100-200, d = 2048) it is computed
+    exactly from the N1 x N2 matrix of centred feature products instead of d x d covariances:
+    with A, B the centred features / sqrt(N - 1), S1 = AᵀA and S2 = BᵀB, the non-zero
+    eigenvalues of S1 S2 are those of (A Bᵀ)(A Bᵀ)ᵀ, so tr sqrt(S1 S2) is the nuclear norm of
+    A Bᵀ, and tr S = |A|². Same value (to ~1e-12 relative), ~100x faster at d = 2048, and no
+    d x d rounding noise to clip.
+    """
+    f1 = np.asarray(features1, dtype=np.float64)
+    f2 = np.asarray(features2, dtype=np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"features must be (N, d) arrays of equal d, got {f1.shape} and {f2.shape}")
+    if min(f1.shape[0], f2.shape[0]) >= f1.shape[1]:
+        mu1, s1 = feature_statistics(f1)
+        mu2, s2 = feature_statistics(f2)
+        return frechet_distance(mu1, s1, mu2, s2)
+    if f1.shape[0] < 2 or f2.shape[0] < 2:
+        raise ValueError(f"feature statistics need at least 2 samples, got {f1.shape[0]} and {f2.shape[0]}")
+    if not (np.all(np.isfinite(f1)) and np.all(np.isfinite(f2))):
+        raise ValueError("features contain NaN or inf")
+    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
+    a = (f1 - mu1) / np.sqrt(f1.shape[0] - 1)
+    b = (f2 - mu2) / np.sqrt(f2.shape[0] - 1)
+    diff = mu1 - mu2
+    value = float(diff @ diff) + float(np.sum(a * a)) + float(np.sum(b * b)) \
+        - 2.0 * float(nuclear_norm(a @ b.T))
+    return max(value, 0.0)

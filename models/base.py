@@ -3,6 +3,9 @@
 A variant is one module under `models/variants/` that defines an options class
 (`ModelOptions` subclass with the reference implementation's defaults) and a
 `GANModel` subclass, and registers them with `@register_model` (models.registry).
+The model class names its options class twice: `Options = XOptions` (what the
+registry validates params.yaml with) and the annotation `opts: XOptions` (what the
+type checker reads its fields as); tests/test_variants.py checks that they agree.
 
 Data convention at this boundary (the trainer and the evaluator rely on it):
 - `batch["A"]`: model input, grayscale in [0, 1], shape (B, 1, H, W), float32.
@@ -18,11 +21,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from models.colour import ColourSpaceName
+from models.losses import GanMode
+from models.networks import DiscriminatorName
+from models.networks.init import InitKind
+from models.networks.layers import NormKind
 
 GradientHook = Callable[[Iterable[nn.Parameter]], None]
 
@@ -36,17 +45,17 @@ class ModelOptions(BaseModel):
     # Fields holding channel widths; the training preset's width_scale multiplies them.
     width_fields: ClassVar[tuple[str, ...]] = ("ngf", "ndf")
 
-    color_space: Literal["rgb", "lab"] = "rgb"
+    color_space: ColourSpaceName = "rgb"
     netG: str = "unet_256"
-    netD: Literal["basic", "n_layers", "pixel"] = "basic"
+    netD: DiscriminatorName = "basic"  # variants narrow it to the discriminators they support
     n_layers_D: int = Field(default=3, ge=1)
     ngf: int = Field(default=64, ge=1)
     ndf: int = Field(default=64, ge=1)
-    norm: Literal["batch", "instance", "none"] = "batch"
-    init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal"
+    norm: NormKind = "batch"
+    init_type: InitKind = "normal"
     init_gain: float = Field(default=0.02, gt=0)
     dropout: bool = True
-    gan_mode: Literal["vanilla", "lsgan", "wgangp"] = "vanilla"
+    gan_mode: GanMode = "vanilla"
     lambda_gp: float = Field(default=10.0, ge=0)  # gradient-penalty weight (wgangp)
     n_critic: int = Field(default=1, ge=1)  # discriminator steps per generator step (wgangp: 5)
     lr: float = Field(default=2e-4, gt=0)  # default for every network
@@ -86,6 +95,9 @@ class GANModel(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[ModelOptions]] = ModelOptions
     paired: ClassVar[bool] = True  # False: the trainer feeds independent A and B
+    # True: colourise() draws a random latent code (multimodal output); the evaluator seeds the
+    # draws and scores several of them.
+    samples_latent: ClassVar[bool] = False
 
     def __init__(self, opts: ModelOptions, device: torch.device) -> None:
         self.opts = opts

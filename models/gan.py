@@ -20,6 +20,7 @@ Speed without changing the maths (see docs/benchmarks/train_speed.md):
 from __future__ import annotations
 
 import contextlib
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -30,13 +31,7 @@ from models.base import GANModel, ModelOptions
 from models.colour import ColourSpace
 from models.losses import GANLoss, Prediction, gradient_penalty
 from models.networks import check_image_size, is_per_sample, pretrained_encoder
-
-
-def set_requires_grad(nets: Iterable[nn.Module | None], flag: bool) -> None:
-    for net in nets:
-        if net is not None:
-            for p in net.parameters():
-                p.requires_grad_(flag)
+from models.optim import Adam
 
 
 @contextlib.contextmanager
@@ -108,7 +103,7 @@ class ColourGAN(GANModel):
             p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
             for p in params + encoder
         )
-        self.optimizers.add(name, lambda: torch.optim.Adam(groups, lr=lr, betas=betas, fused=fused or None))
+        self.optimizers.add(name, lambda: Adam(groups, lr=lr, betas=betas, fused=fused or None))
 
     def pretrained_generators(self) -> list[nn.Module]:
         return [net for net in self.nets.values() if pretrained_encoder(net)]
@@ -216,9 +211,9 @@ class ColourGAN(GANModel):
             for k, n in self.nets.items():
                 n.train(modes[k])
 
+    @abstractmethod
     def generate(self, a: torch.Tensor) -> torch.Tensor:
         """Domain A -> the generator's output in domain B (inference; no grad)."""
-        raise NotImplementedError
 
     def translate(self, gray: torch.Tensor) -> torch.Tensor:
         """Gray in [0, 1] -> the output in domain B (RGB*2-1, or normalised Lab whose L

@@ -7,19 +7,15 @@ Nothing here downloads anything.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import atomic_write_bytes, sha256_of_file
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +24,6 @@ SHA_SIDECAR_SUFFIX = ".sha256.json"
 
 class WeightsError(LuminescenceError):
     """A weights file is missing, damaged or not the expected one."""
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cached_sha256(path: Path) -> str:
@@ -57,22 +45,10 @@ def cached_sha256(path: Path) -> str:
         pass
     sha = sha256_of_file(path)
     try:
-        _write_json_atomic(sidecar, {**key, "sha256": sha})
+        atomic_write_bytes(sidecar, json.dumps({**key, "sha256": sha}).encode())
     except OSError as exc:
         log.debug("could not cache the sha256 of %s: %s", path, exc)
     return sha
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(dict(data), fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def check_file(path: Path, *, size: int, sha256_prefix: str, cache_hash: bool = True) -> str:

@@ -25,16 +25,21 @@ def sample_dir() -> Path:
 
 
 @pytest.fixture()
-def quiet_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One torch thread (tiny convolutions on a busy 2-core machine thrash with two) and a
-    working directory outside the repository (DVCLive then skips opening the DVC repo)."""
+def one_thread() -> Iterator[None]:
+    """One torch thread: tiny convolutions on a busy 2-core machine thrash with two."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.chdir(tmp_path)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def quiet_cpu(one_thread: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One torch thread and a working directory outside the repository (DVCLive then
+    skips opening the DVC repo)."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture()
@@ -45,3 +50,11 @@ def datasets(tmp_path: Path) -> Path:
     root = tmp_path / "datasets"
     write_tiny_dataset(root / "tiny")
     return root
+
+
+@pytest.fixture(scope="session")
+def app_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real pix2pix trained briefly on real erie_2021 tiles (tests/app_model.py)."""
+    from tests.app_model import train_app_model
+
+    return train_app_model(tmp_path_factory.mktemp("app_model"))

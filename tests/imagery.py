@@ -22,9 +22,8 @@ from rasterio.warp import reproject
 
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
+from tests.conftest import SAMPLE
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "sample"
 # The 2010/2011 files carry only a world file; their CRS is given in data/sample/README.md.
 SAMPLE_CRS = {"erie_2011": "EPSG:2262", "columbia_2010": "EPSG:2260", "erie_2021": None}
 # A 2021 tile over houses, roads and a rail line in the erie village (z18, all four files cover it).

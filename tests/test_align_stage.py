@@ -13,9 +13,9 @@ from PIL import Image
 
 from pipeline.core.config import SplitConfig, parse_params
 from pipeline.datasets import build
-from pipeline.datasets.pairing import luma
 from pipeline.datasets.splits import GUARD, SplitPlan
 from pipeline.datasets.storage import SPLITS, open_split, read_info
+from pipeline.geo.pixels import luma
 from pipeline.geo.registration import estimate_offset
 from pipeline.geo.tiles import TileId
 from pipeline.geo.tilestore import TileRecord, TileStatus
@@ -241,3 +241,65 @@ def test_help_runs() -> None:
     with pytest.raises(SystemExit) as exc:
         align.parse_args(["--help"])
     assert exc.value.code == 0
+
+
+# --------------------------------------------------------------------------- held-out area
+HX0 = X0 + N + 1  # a 2 x 2 area of real erie_2021 tiles east of the training area, not touching it
+
+
+@pytest.fixture(scope="module")
+def heldout_tiles(tiles_dir: Path) -> Path:
+    area = render_mosaic("erie_2021", 18, HX0, Y0, 2, 2)
+    shifted = render_mosaic("erie_2021", 18, HX0, Y0, 2, 2, SHIFT)
+    make_store(tiles_dir / "h-modern.mbtiles", to_records(cut_tiles(area, 18, HX0, Y0)), layer="erie_2021",
+               zoom=18, aoi="elsewhere")
+    make_store(tiles_dir / "h-hist.mbtiles", to_records(cut_tiles(shifted, 18, HX0, Y0)),
+               layer="erie_2021_shifted", zoom=18, synthetic=True, aoi="elsewhere")
+    # The training area's own tiles under another name: not a held-out area.
+    target = render_mosaic("erie_2021", 18, X0, Y0, N, N)
+    make_store(tiles_dir / "same-area.mbtiles", to_records(cut_tiles(target, 18, X0, Y0)), layer="erie_2021",
+               zoom=18)
+    return tiles_dir
+
+
+def test_heldout_area_is_paired_like_the_dataset_and_kept_apart(heldout_tiles: Path, tmp_path: Path) -> None:
+    datasets = {"historic": {"input": "historic", "historic": "t-hist", "target": "t-modern",
+                             "heldout": {"target": "h-modern", "historic": "h-hist", "note": "elsewhere"}}}
+    params = parse_params(params_for(datasets, ["t-modern", "t-hist", "h-modern", "h-hist"],
+                                     splits={"block_size": 2, "guard_band": 0}))
+    summary = build.build_dataset("historic", params, tiles_dir=heldout_tiles, out_dir=tmp_path,
+                                  progress=False)
+    root = tmp_path / "historic"
+    heldout = open_split(root, "heldout")
+    assert heldout.shape == (4, 256, 256, 4) and summary["heldout"]["count"] == 4
+    rows = [r for r in csv.DictReader((root / "manifest.csv").open()) if r["split"] == "heldout"]
+    assert [int(r["index"]) for r in rows] == [0, 1, 2, 3]
+    assert {int(r["x"]) for r in rows} == {HX0, HX0 + 1}  # only the held-out area's tiles
+    assert all(r["input_layer"] == "erie_2021_shifted" for r in rows)
+    # Registered like the training pairs: the synthetic shift is found on the held-out tiles too.
+    reliable = [r for r in rows if r["reliable"] == "True"]
+    assert reliable and all(float(r["dx_px"]) == pytest.approx(SHIFT[0], abs=0.5) for r in reliable)
+    info = read_info(root).heldout
+    assert info is not None and info["count"] == 4 and info["synthetic_input"] is True
+    assert info["note"] == "elsewhere" and info["zoom"] == 18 and info["aoi"] == "elsewhere"
+    # Held-out pixels: luma of the held-out target store's tiles, nothing of the training area.
+    area = cut_tiles(render_mosaic("erie_2021", 18, HX0, Y0, 2, 2), 18, HX0, Y0)
+    first = TileId(18, int(rows[0]["x"]), int(rows[0]["y"]))
+    assert np.array_equal(heldout[0][..., 1:], area[first][..., :3])
+
+
+def test_heldout_area_overlapping_the_training_area_is_refused(heldout_tiles: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    datasets = {"gray": {"input": "gray", "target": "t-modern", "heldout": {"target": "same-area"}}}
+    params = parse_params(params_for(datasets, ["t-modern", "same-area"]))
+    with pytest.raises(build.AlignError, match=r"shares \d+ tiles with the training area"):
+        build.build_dataset("gray", params, tiles_dir=heldout_tiles, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "gray").exists()
+
+
+def test_heldout_reusing_a_training_store_is_a_config_error() -> None:
+    from pipeline.core.errors import ConfigError
+
+    datasets = {"gray": {"input": "gray", "target": "t-modern", "heldout": {"target": "t-modern"}}}
+    with pytest.raises(ConfigError, match=r"datasets\.gray\.heldout"):
+        parse_params(params_for(datasets, ["t-modern"]))

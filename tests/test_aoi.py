@@ -58,6 +58,7 @@ def geodesic_m(a: tuple[float, float], b: tuple[float, float]) -> float:
 SHIPPED = {  # name: (stored CRS, geometry type, W S E N that must contain the AOI)
     "erie_village": ("EPSG:2262", "Polygon", (-78.93728, 42.59040, -78.91493, 42.60144)),
     "columbia_fields": ("EPSG:4326", "Polygon", (-73.54557, 42.37562, -73.50082, 42.39795)),
+    "columbia_heldout": ("EPSG:2260", "Polygon", (-73.54557, 42.37562, -73.50082, 42.39795)),
     "sinica_nangang": ("EPSG:3826", "Polygon", (121.607, 25.038, 121.620, 25.048)),
     "taipei_basin": ("EPSG:3826", "MultiPolygon", (121.34, 24.94, 121.72, 25.23)),
 }
@@ -78,6 +79,10 @@ def test_shipped_aoi_reads_in_its_crs_and_lies_in_its_layers(name: str) -> None:
     if name == "columbia_fields":
         assert len(aoi.geometry_3857.interiors) == 1
         assert 0.2 < aoi.area_km2 / 8.9 < 0.3  # about a quarter of columbia_2010
+    if name == "columbia_heldout":  # the held-out area: >= 150 tiles at the training zoom (19)
+        from pipeline.geo.tiles import tile_cover
+
+        assert len(tile_cover(aoi.geometry_3857, 19)) >= 150
 
 
 def test_shipped_files_are_what_make_aois_writes(tmp_path: Path) -> None:
@@ -92,7 +97,8 @@ def test_shipped_files_are_what_make_aois_writes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "layers"), [("erie_village", ["erie_2011", "erie_2021"]),
-                                              ("columbia_fields", ["columbia_2010"])])
+                                              ("columbia_fields", ["columbia_2010"]),
+                                              ("columbia_heldout", ["columbia_2010"])])
 def test_sample_aois_lie_on_real_pixels(name: str, layers: list[str], sample_dir: Path) -> None:
     module = make_aois_module()
     frame = geopandas.read_file(f"aoi/{name}.shp", engine="pyogrio")

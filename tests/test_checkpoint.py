@@ -25,12 +25,11 @@ from pipeline.training.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from pipeline.training.loop import plan_run, train
+from pipeline.training.loop import train
+from pipeline.training.plan import plan_run
+from tests.conftest import ROOT
 from tests.test_training import assert_same_tree, trained_state
 from tests.tiny_gan import TinyP2P, tiny_pairs, tiny_params, write_params
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 pytestmark = pytest.mark.usefixtures("quiet_cpu")
 

@@ -88,3 +88,19 @@ def test_invalid_yaml_is_one_line(tmp_path) -> None:
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_app_views_are_validated(raw: dict[str, Any]) -> None:
+    params = load_params()
+    assert params.app is not None and set(params.app.views) >= {"erie_film", "columbia_gray"}
+    assert params.app.views["columbia_gray"].historic.gray
+    msg = _error(raw, lambda d: d["app"]["views"]["erie_film"]["historic"].update(source="nowhere"))
+    assert "`app.views.erie_film.historic.source`" in msg and "nowhere" in msg
+    msg = _error(raw, lambda d: d["app"]["views"]["erie_film"].update(aoi="erie_vilage"))
+    assert "`app.views.erie_film.aoi`" in msg and "did you mean 'erie_village'" in msg
+    msg = _error(raw, lambda d: d["app"]["views"]["erie_film"]["modern"].update(url="http://x"))
+    assert "`app.views.erie_film.modern.url` is not a valid key" in msg
+    msg = _error(raw, lambda d: d["app"]["views"].update({"../x": d["app"]["views"]["erie_film"]}))
+    assert "view name '../x'" in msg
+    msg = _error(raw, lambda d: d["app"]["upload"].update(max_pixels=10))
+    assert "`app.upload.max_pixels`" in msg

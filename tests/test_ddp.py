@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pipeline.training.checkpoint import read_checkpoint
-from pipeline.training.loop import plan_run, train
+from pipeline.training.loop import train
+from pipeline.training.plan import plan_run
+from tests.conftest import ROOT
 from tests.tiny_gan import tiny_params, write_params, write_tiny_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # No batch norm, no dropout, plain SGD and mirror-symmetric full-size tiles (so random
 # crops and flips change nothing): then 2 processes x batch 1 with averaged gradients

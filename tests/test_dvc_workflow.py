@@ -22,7 +22,8 @@ from typing import Any
 import networkx as nx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 DVC = [sys.executable, "-m", "dvc"]
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -148,8 +149,7 @@ def test_metrics_diff_between_two_commits_shows_per_ablation_changes(repo: Path)
 
     def write(values: dict[str, float]) -> None:
         for name, fid in zip(names, values.values(), strict=True):
-            record = {"kind": "model", "name": name, "n": 108,
-                      "metrics": {"fd_efficientnet_lite0": fid, "delta_e_mean": 12.5}}
+            record = {"fid": fid, "kid_mean": 0.05, "delta_e2000": 12.5, "heldout_fid": 150.0}
             (repo / "metrics" / f"{name}.json").write_text(json.dumps(record))
 
     write({names[0]: 80.0, names[1]: 90.0})
@@ -158,10 +158,34 @@ def test_metrics_diff_between_two_commits_shows_per_ablation_changes(repo: Path)
     run(["git", "commit", "-qam", "second run"], repo)
     try:
         diff = json.loads(run([*DVC, "metrics", "diff", "HEAD~1", "HEAD", "--json"], repo))
-        changed = diff[f"metrics/{names[0]}.json"]["metrics.fd_efficientnet_lite0"]
+        changed = diff[f"metrics/{names[0]}.json"]["fid"]
         assert changed == {"old": 80.0, "new": 70.0, "diff": -10.0}
         assert f"metrics/{names[1]}.json" not in diff  # unchanged files are left out
         table = run([*DVC, "metrics", "diff", "HEAD~1", "HEAD"], repo)
         assert f"metrics/{names[0]}.json" in table and "-10" in table
     finally:
         run(["git", "reset", "-q", "--hard", "HEAD~2"], repo)
+
+
+def test_metrics_show_of_the_whole_table_fits_250_columns(repo: Path) -> None:
+    """The metric files hold the headline numbers only, so `dvc metrics show` of every ablation
+    and baseline reads as one table no wider than 250 columns (values shaped like a real run's)."""
+    import random
+
+    rng = random.Random(0)
+    stems = [*ablations(repo), *(f"baseline_{b}" for b in params(repo)["baselines"])]
+    for stem in stems:
+        values = {"fid": rng.uniform(50, 400), "kid_mean": rng.uniform(0.01, 0.6),
+                  "kid_std": rng.uniform(0.001, 0.05), "delta_e2000": rng.uniform(3, 30),
+                  "psnr": rng.uniform(12, 35), "ssim": rng.uniform(0.3, 0.99),
+                  "colourfulness": rng.uniform(0, 50)}
+        record = {**values, **{f"heldout_{k}": v * 1.1 for k, v in values.items() if k != "kid_std"}}
+        (repo / "metrics" / f"{stem}.json").write_text(json.dumps(record))
+    try:
+        table = run([*DVC, "metrics", "show"], repo)
+        lines = table.splitlines()
+        assert len(lines) >= len(stems) and all(f"metrics/{s}.json" in table for s in stems)
+        assert max(map(len, lines)) <= 250, max(map(len, lines))
+        assert "heldout_fid" in lines[0] and "kid_std" in lines[0]
+    finally:
+        run(["git", "checkout", "-q", "--", "metrics"], repo)

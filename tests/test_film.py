@@ -180,6 +180,7 @@ def test_cli_builds_from_params(small_sample: SampleConfig, tmp_path: Path,
         params = yaml.safe_load(fh)
     params["sample"]["data_dir"] = small_sample.data_dir
     params["sample"]["derived_dir"] = str(tmp_path)
+    params["sample"]["film"]["source_layers"] = ["erie_2011"]  # the small sample has only this one
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params), encoding="utf-8")
     assert main(["--params", str(params_file)]) == 0

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.datasets.pairing import InputReader, PairingError, grid_of, luma, to_gray
+from pipeline.datasets.pairing import InputReader, PairingError, grid_of
+from pipeline.geo.pixels import luma, to_gray
 from pipeline.geo.registration import estimate_offset
 from pipeline.geo.tiles import TileId, tile_bounds_3857
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore

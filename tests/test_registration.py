@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.datasets.pairing import luma
+from pipeline.geo.pixels import luma
 from pipeline.geo.registration import estimate_offset
 from tests.imagery import ERIE_Z18, render_mosaic
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from models.registry import get_model_class, model_names, resolve_options
+from models.variants.cut import FastCUTOptions
 from pipeline.core.config import ConfigError, TrainPreset
 
 CPU_PRESET = TrainPreset(
@@ -74,5 +76,8 @@ def test_width_scale_and_preset_unet() -> None:
 
 def test_options_are_frozen() -> None:
     opts = resolve_options("fastcut", ablation_name="f", ablation={})
-    with pytest.raises(Exception, match="frozen"):
-        opts.lambda_NCE = 1.0  # type: ignore[misc]
+    assert isinstance(opts, FastCUTOptions)
+    with pytest.raises(ValidationError) as info:
+        opts.lambda_NCE = 1.0
+    assert [(e["type"], e["loc"]) for e in info.value.errors()] == [("frozen_instance", ("lambda_NCE",))]
+    assert opts.lambda_NCE == 10.0

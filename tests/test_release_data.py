@@ -15,7 +15,6 @@ from shapely.geometry import box
 
 from pipeline.core.config import ConfigError, FilmAugmentConfig, FilmConfig, parse_params
 from pipeline.datasets.augment import clean_input, random_film_config, random_geometry
-from pipeline.datasets.pairing import luma
 from pipeline.datasets.release import (
     LATTICE,
     ReleaseBatches,
@@ -23,6 +22,7 @@ from pipeline.datasets.release import (
     build_release_data,
     crop_inputs,
 )
+from pipeline.geo.pixels import luma
 
 CRS = "EPSG:32617"  # UTM 17N, metres
 PIXEL = 0.6

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from pipeline.core.paths import RELEASE_DIR
-from pipeline.results.release_card import bootstrap_interval, render_model_card, run_release
+from pipeline.results.release_card import bootstrap_interval, render_model_card, run_release, score_release
 from pipeline.training.checkpoint import load_model
 from tests.conftest import ROOT
 from tests.test_release_data import _params, tiny  # noqa: F401  (the tiny sample fixture)
@@ -38,7 +38,7 @@ def released(tiny: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
 def test_the_stage_writes_every_output_from_one_run(released: tuple[Path, dict[str, Any]]) -> None:
     out, record = released
     assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "curves.png", "curves.tsv",
-                                                     "metrics.json", "model.pt", "options.json"]
+                                                     "metrics.json", "model.pt", "options.json", "train.json"]
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(record))
     train = record["train"]
     assert train["steps"] == 4 and "curves" not in train  # the curves have their own file
@@ -67,6 +67,33 @@ def test_the_model_card_numbers_come_from_the_record(released: tuple[Path, dict[
     assert "123.46" in render_model_card(changed) and "123.46" not in card
 
 
+def test_score_only_rewrites_the_scores_and_card_from_the_saved_run(
+        released: tuple[Path, dict[str, Any]], tiny: dict[str, Any]) -> None:  # noqa: F811
+    out, record = released
+    (out / "MODEL_CARD.md").write_text("stale")
+    params = _params(tiny, max_val_crops=2)
+    params = params.model_copy(update={"release": params.release.model_copy(update={"held_out_crops": 2})})
+    rescored = score_release(params, out)
+    assert rescored["train"] == record["train"]  # no retraining: the saved run's record
+    assert rescored["held_out"]["held_layer"]["windows"] == 2
+    assert (out / "MODEL_CARD.md").read_text() == render_model_card(rescored)
+    score_release(params.model_copy(update={"release": params.release}), out)  # restore for other tests
+
+
+def test_max_minutes_stops_early_and_keeps_validated_weights(
+        tiny: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+    params = _params(tiny, max_val_crops=2)
+    release = params.release.model_copy(update={
+        "options": {"netG": "unet_effnet_lite1", "color_space": "lab", "ngf": 8, "ndf": 8},
+        "batch_size": 1, "val_every": 100, "held_out_crops": 2, "steps": 50, "decay_steps": 50})
+    record = run_release(params.model_copy(update={"release": release}), tmp_path, progress=False,
+                         max_minutes=0.0)
+    train = record["train"]
+    assert train["stopped_early_at"] == 1 and train["kept_step"] == 1 and train["steps"] == 100
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "stopped early by `--max-minutes` at iteration 1 of 100" in card
+
+
 def test_bootstrap_interval_of_a_mean() -> None:
     values = torch.arange(100, dtype=torch.float64).numpy()
     low, high = bootstrap_interval(values, seed=1)
@@ -80,7 +107,8 @@ def test_dvc_release_stage_is_frozen_and_committed_to_git() -> None:
     outs = stage["outs"] + stage["metrics"] + stage["plots"]
     paths = {next(iter(o)) for o in outs}
     assert paths == {(RELEASE_DIR / f).as_posix() for f in ("model.pt", "options.json", "curves.png",
-                                                             "MODEL_CARD.md", "metrics.json", "curves.tsv")}
+                                                             "MODEL_CARD.md", "metrics.json", "curves.tsv",
+                                                             "train.json")}
     assert all(next(iter(o.values()))["cache"] is False for o in outs)  # in git, not only in DVC's cache
     makefile = (ROOT / "Makefile").read_text()
     assert "python -m pipeline.stages.release" in makefile and "dvc commit --force release" in makefile

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import pytest
 
 from pipeline.core.config import SplitConfig
-from pipeline.datasets.splits import GUARD, SplitPlan, assign_splits, block_of, block_uniform, split_counts
+from pipeline.datasets.splits import GUARD, SplitPlan, block_of, block_uniform
+from pipeline.datasets.storage import SPLITS
 from pipeline.geo.tiles import TileId
 
 Z = 18
 X0, Y0 = 73500, 96700
+
+
+def assign_splits(tiles: Iterable[TileId], cfg: SplitConfig) -> dict[TileId, str]:
+    plan = SplitPlan(cfg)
+    return {t: plan.assign(t) for t in tiles}
+
+
+def split_counts(assignment: dict[TileId, str]) -> dict[str, int]:
+    counts = dict.fromkeys((*SPLITS, GUARD), 0)
+    for split in assignment.values():
+        counts[split] += 1
+    return counts
 
 
 def _area(nx: int, ny: int, x0: int = X0, y0: int = Y0) -> list[TileId]:

@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.geo import tilestore
+from pipeline.geo.pixels import TileRefused, decode_tile
 from pipeline.geo.tiles import TileId, tms_row
-from pipeline.geo.tilestore import (
-    StoreError,
-    TileRecord,
-    TileRefused,
-    TileStatus,
-    TileStore,
-    decode_tile,
-)
+from pipeline.geo.tilestore import StoreError, TileRecord, TileStatus, TileStore, write_canonical
 from tests.test_harvester import bomb_png, png_bytes, tile_png
 
 T1, T2, T3 = TileId(18, 75500, 96800), TileId(18, 75501, 96800), TileId(18, 75500, 96801)
@@ -54,6 +49,38 @@ def test_put_many_is_one_transaction(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="no data"):
             store.put_many([TileRecord(T1, TileStatus.OK, b"x"), TileRecord(T2, TileStatus.OK, None)])
         assert store.counts()[TileStatus.OK] == 0  # nothing of the failed batch was written
+
+
+def test_canonical_form_depends_only_on_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiles = [TileId(18, 75500 + i, 96800 + j) for i in range(4) for j in range(3)]
+    records = [TileRecord(t, TileStatus.OK, tile_png(t)) if (t.x + t.y) % 3 else
+               TileRecord(t, TileStatus.EMPTY, reason="empty: fully transparent") for t in tiles]
+    meta = {"name": "x", "format": "png", "minzoom": 18, "maxzoom": 18, "layer": "l", "complete": "true"}
+    paths = []
+    for i, (order, batch, clock) in enumerate([(records, 5, "2026-01-01T00:00:00+00:00"),
+                                               (records[::-1], 2, "2027-06-30T12:34:56+00:00")]):
+        monkeypatch.setattr(tilestore, "_now", lambda clock=clock: clock)
+        path = tmp_path / f"{i}.mbtiles"
+        with TileStore(path) as store:
+            store.set_metadata(dict(reversed(meta.items())) if i else meta)
+            store.put_many([TileRecord(tiles[0], TileStatus.FAILED, reason="HTTP 500")])  # later replaced
+            for k in range(0, len(order), batch):
+                store.put_many(order[k:k + batch])
+        paths.append(path)
+    assert paths[0].read_bytes() != paths[1].read_bytes()  # same content, different files
+    with TileStore(paths[0], readonly=True) as store:
+        before = (store.metadata, store.statuses(), dict(store.iter_data()))
+    (tmp_path / ".0.mbtiles.canonical.tmp").write_bytes(b"left over by a crash")
+    for path in paths:
+        write_canonical(path)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.mbtiles", "1.mbtiles"]
+    with TileStore(paths[0], readonly=True) as store:
+        assert (store.metadata, store.statuses(), dict(store.iter_data())) == before
+        ok = sum(r.status is TileStatus.OK for r in records)
+        assert store.complete and store.counts()[TileStatus.OK] == ok
+    write_canonical(paths[0])  # idempotent
+    assert paths[0].read_bytes() == paths[1].read_bytes()
 
 
 def test_readonly_errors_are_one_line(tmp_path: Path) -> None:
@@ -115,7 +142,7 @@ def _encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     (Image.new("P", (256, 256), 0), False, True),
 ])
 def test_inspect_tile_agrees_with_rgba_decode(img: Image.Image, transparent: bool, single: bool) -> None:
-    from pipeline.geo.tilestore import inspect_tile
+    from pipeline.geo.pixels import inspect_tile
 
     for variant in (img, img.copy()):
         if variant is not img:  # break uniformity with one pixel
@@ -130,7 +157,7 @@ def test_inspect_tile_agrees_with_rgba_decode(img: Image.Image, transparent: boo
 
 
 def test_inspect_tile_honours_png_transparency_chunk() -> None:
-    from pipeline.geo.tilestore import inspect_tile
+    from pipeline.geo.pixels import inspect_tile
 
     # A palette PNG whose only colour is marked transparent (tRNS), like many "no data" tiles.
     img = Image.new("P", (256, 256), 0)

@@ -11,17 +11,10 @@ import pytest
 import torch
 
 from pipeline.stages.train import main
+from tests.conftest import ROOT
 from tests.tiny_gan import write_params, write_tiny_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

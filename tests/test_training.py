@@ -15,8 +15,12 @@ from PIL import Image
 from pipeline.datasets.storage import open_split
 from pipeline.training import checkpoint as ckpt_mod
 from pipeline.training import loop as training
+from pipeline.training import resume as resume_mod
 from pipeline.training.checkpoint import read_checkpoint
-from pipeline.training.loop import ConstantThenLinear, plan_run, summary_line, train, validate
+from pipeline.training.loop import summary_line, train
+from pipeline.training.plan import plan_run
+from pipeline.training.schedule import ConstantThenLinear
+from pipeline.training.validation import validate
 from tests.tiny_gan import TinyOptions, TinyP2P, tiny_params, write_tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("quiet_cpu")
@@ -124,7 +128,7 @@ def test_resume_without_restoring_rng_would_differ(datasets: Path, tmp_path: Pat
     train(straight, progress=False)
     broken = _plan(datasets, tmp_path / "a")
     train(broken, stop_at=3, progress=False)
-    monkeypatch.setattr(training, "restore_rng", lambda state, device: None)
+    monkeypatch.setattr(resume_mod, "restore_rng", lambda state, device: None)
     train(broken, progress=False)
     gap = _max_weight_gap(trained_state(broken.checkpoint_path), trained_state(straight.checkpoint_path))
     assert gap > 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from models.base import ModelOptions
 from models.colour import gray_to_lightness, rgb_to_lab
 from models.gan import ColourGAN
 from models.registry import get_model_class, model_names
@@ -43,6 +45,17 @@ def batch(size: int, n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_all_variants_registered() -> None:
     assert set(model_names()) >= {"pix2pix", "cyclegan", "cut", "fastcut", "bicyclegan"}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_opts_annotation_covers_the_options_class(name: str) -> None:
+    """mypy reads a variant's fields through its `opts: XOptions` annotation; the registry
+    builds `Options`. Every `Options` instance must be an `opts` type, or the checked
+    field accesses would not be the ones that run."""
+    cls = get_model_class(name)
+    declared = typing.get_type_hints(cls)["opts"]
+    assert declared is not ModelOptions, f"{cls.__name__} does not declare its options type"
+    assert issubclass(cls.Options, declared)
 
 
 EXPECTED_LOSSES = {

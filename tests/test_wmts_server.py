@@ -23,14 +23,12 @@ from rasterio.warp import reproject, transform_bounds
 
 from pipeline.core.config import SampleConfig
 from pipeline.geo.tiles import TileId, tile_bounds_3857
-from pipeline.server.wmts import (
-    MAX_ZOOM,
-    TRANSPARENT_PNG,
-    FaultPlan,
-    ServerError,
-    WmtsServer,
-    sample_layers,
-)
+from pipeline.server.bundled import sample_layers
+from pipeline.server.errors import ServerError
+from pipeline.server.faults import FaultPlan
+from pipeline.server.httpd import WmtsServer
+from pipeline.server.layers import MAX_ZOOM
+from pipeline.server.rendering import TRANSPARENT_PNG
 
 OWS = "{http://www.opengis.net/ows/1.1}"
 ERIE_2011 = sorted(Path("data/sample/erie_2011").glob("*.jp2"))

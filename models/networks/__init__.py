@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from functools import partial
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from models.networks.bicycle import ResnetEncoder, UnetZGenerator, Upsample, WhereAdd
@@ -28,6 +31,7 @@ __all__ = [
     "ENCODERS",
     "GENERATORS",
     "PRETRAINED_GENERATORS",
+    "DiscriminatorName",
     "ImageSizeError",
     "UnknownNetworkError",
     "check_image_size",
@@ -36,17 +40,24 @@ __all__ = [
     "define_encoder",
     "define_generator",
     "define_z_generator",
+    "generator_option",
     "init_weights",
     "is_per_sample",
     "known_generator",
     "pretrained_encoder",
 ]
 
+# Options fields type discriminator names with these (pydantic validates them); the tuples
+# are the same names for the run-time checks here.
+PatchDiscriminatorName = Literal["basic", "n_layers", "pixel"]
+MultiscaleDiscriminatorName = Literal["basic_256_multi", "basic_128_multi", "basic_256", "basic_128"]
+DiscriminatorName = Literal[PatchDiscriminatorName, MultiscaleDiscriminatorName]
+
 SCRATCH_GENERATORS = ("unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks")
 PRETRAINED_GENERATORS = tuple(EFFNET_GENERATORS)  # ImageNet-pretrained encoders
 GENERATORS = SCRATCH_GENERATORS + PRETRAINED_GENERATORS
-DISCRIMINATORS = ("basic", "n_layers", "pixel")
-MULTISCALE_DISCRIMINATORS = ("basic_256_multi", "basic_128_multi", "basic_256", "basic_128")
+DISCRIMINATORS: tuple[str, ...] = get_args(PatchDiscriminatorName)
+MULTISCALE_DISCRIMINATORS: tuple[str, ...] = get_args(MultiscaleDiscriminatorName)
 ENCODERS = ("resnet_256", "resnet_128")
 _UNET_DEPTH = {"unet_256": 8, "unet_128": 7}
 
@@ -91,10 +102,10 @@ def define_generator(
     """A generator by its name. `antialias`: CUT's blur-pooled ResNet. `input_space`: the
     colour space of the input tensor, which a pretrained encoder must turn into RGB."""
     _check_name("generator (netG)", name, GENERATORS)
-    net: nn.Module
     if name in EFFNET_GENERATORS:
         return _pretrained_unet(name, in_channels, out_channels, ngf, norm, dropout, init_type, init_gain,
                                 input_space)
+    net: UnetGenerator | ResnetGenerator
     if name in _UNET_DEPTH:
         net = UnetGenerator(in_channels, out_channels, _UNET_DEPTH[name], ngf, norm, dropout)
     else:
@@ -109,7 +120,7 @@ def define_generator(
             antialias_down=antialias,
             antialias_up=antialias,
         )
-    net.arch_name = name  # type: ignore[assignment]
+    net.arch_name = name
     return _finish(net, init_type, init_gain)
 
 
@@ -155,7 +166,7 @@ def define_z_generator(
     net = UnetZGenerator(
         in_channels, out_channels, nz, _UNET_DEPTH[name], ngf, norm, "relu", dropout, upsample, where_add
     )
-    net.arch_name = name  # type: ignore[assignment]
+    net.arch_name = name
     return _finish(net, init_type, init_gain)
 
 
@@ -210,6 +221,13 @@ def count_parameters(build: Callable[[], nn.Module]) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+@runtime_checkable
+class _HasMinSize(Protocol):
+    """A network that needs images of at least min_size() pixels (the discriminators)."""
+
+    def min_size(self) -> int: ...
+
+
 def check_image_size(net: nn.Module, height: int, width: int, role: str = "netG") -> None:
     """One-line error when the images do not fit the network's down/upsampling."""
     multiple = getattr(net, "size_multiple", 1)
@@ -226,7 +244,7 @@ def check_image_size(net: nn.Module, height: int, width: int, role: str = "netG"
         raise ImageSizeError(
             f"{role} {name} needs image sides that are multiples of {multiple}, got {height}x{width}; {fix}"
         )
-    min_size = net.min_size() if hasattr(net, "min_size") else 1  # type: ignore[operator]
+    min_size = net.min_size() if isinstance(net, _HasMinSize) else 1
     if min(height, width) < min_size:
         raise ImageSizeError(
             f"{role} {name} needs images of at least {min_size}x{min_size} pixels, got "
@@ -239,3 +257,9 @@ def known_generator(name: str, known: tuple[str, ...] = GENERATORS) -> str:
     if name not in known:
         raise ValueError(unknown_name_message("generator", name, known))
     return name
+
+
+def generator_option(known: tuple[str, ...] = GENERATORS) -> AfterValidator:
+    """The validation of an options field naming a generator among `known`:
+    `netG: Annotated[str, generator_option()] = "unet_256"`."""
+    return AfterValidator(partial(known_generator, known=known))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.networks.generators import unet_levels
 from models.networks.layers import NormKind, norm_layer
 
 WhereAdd = Literal["input", "all", "middle"]
@@ -41,6 +42,8 @@ def _up_layers(in_ch: int, out_ch: int, upsample: Upsample) -> list[nn.Module]:
 class UnetZGenerator(nn.Module):
     """U-Net G(x, z) with z injected according to `where_add` (see the module doc)."""
 
+    arch_name: str  # the reference's name, set by define_z_generator
+
     def __init__(
         self,
         in_channels: int,
@@ -55,8 +58,6 @@ class UnetZGenerator(nn.Module):
         where_add: WhereAdd = "all",
     ) -> None:
         super().__init__()
-        if num_downs < 5:
-            raise ValueError("a U-Net needs num_downs >= 5")
         self.nz, self.num_downs, self.where_add = nz, num_downs, where_add
         self.size_multiple = 2**num_downs
         # which down convolutions receive z, and whether the bottleneck does
@@ -64,58 +65,51 @@ class UnetZGenerator(nn.Module):
             nz > 0 and (where_add == "all" or (where_add == "input" and k == 0)) for k in range(num_downs)
         ]
         self.z_at_bottleneck = nz > 0 and where_add == "middle"
-        widths = [(out_channels, ngf), (ngf, 2 * ngf), (2 * ngf, 4 * ngf), (4 * ngf, 8 * ngf)]
-        widths += [(8 * ngf, 8 * ngf)] * (num_downs - 4)
-        downs, ups = [], []
-        for k, (outer, inner) in enumerate(widths):
+
+        def level(k: int, outer: int, inner: int) -> tuple[list[nn.Module], list[nn.Module]]:
             outermost, innermost = k == 0, k == num_downs - 1
             source = (in_channels if outermost else outer) + (nz if self.z_at_level[k] else 0)
             conv = nn.Conv2d(source, inner, 4, stride=2, padding=1)
-            if outermost:
-                down: list[nn.Module] = [conv]
-            else:
-                down = [nn.LeakyReLU(0.2, True), conv]
-                if not innermost and norm != "none":
-                    down.append(norm_layer(norm, inner))
+            down: list[nn.Module] = [conv] if outermost else [nn.LeakyReLU(0.2, True), conv]
+            if not (outermost or innermost) and norm != "none":
+                down.append(norm_layer(norm, inner))
             up_in = inner + (nz if self.z_at_bottleneck else 0) if innermost else 2 * inner
             up: list[nn.Module] = [_nonlinearity(nl), *_up_layers(up_in, outer, upsample)]
             if outermost:
                 up.append(nn.Tanh())
-            else:
-                if norm != "none":
-                    up.append(norm_layer(norm, outer))
-                if dropout and 4 <= k < num_downs - 1:
-                    up.append(nn.Dropout(0.5))
-            downs.append(nn.Sequential(*down))
-            ups.append(nn.Sequential(*up))
-        self.downs = nn.ModuleList(downs)
-        self.ups = nn.ModuleList(ups)
+            elif norm != "none":
+                up.append(norm_layer(norm, outer))
+            return down, up
+
+        self.downs, self.ups = unet_levels(num_downs, out_channels, ngf, dropout, level)
 
     def z_consumers(self) -> list[tuple[nn.Module, slice]]:
         """(layer, input-channel slice) pairs that receive z: where it claims to enter."""
         out: list[tuple[nn.Module, slice]] = []
         for k, has_z in enumerate(self.z_at_level):
             if has_z:
-                conv = next(m for m in self.downs[k] if isinstance(m, nn.Conv2d))
+                conv = next(m for m in self.downs[k].children() if isinstance(m, nn.Conv2d))
                 out.append((conv, slice(conv.in_channels - self.nz, conv.in_channels)))
         if self.z_at_bottleneck:
-            up = next(m for m in self.ups[-1] if isinstance(m, nn.Conv2d | nn.ConvTranspose2d))
+            up = next(m for m in self.ups[-1].children() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d))
             out.append((up, slice(up.in_channels - self.nz, up.in_channels)))
         return out
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        if self.nz and z is None:
-            raise ValueError("this generator needs a latent code z")
+        if z is None:
+            if self.nz:
+                raise ValueError("this generator needs a latent code z")
+            z = x.new_zeros(x.shape[0], 0)  # nz = 0: z enters nowhere
         skips = []
         for k, down in enumerate(self.downs):
             skips.append(x)
-            x = down(torch.cat([x, _tile(z, x)], 1) if self.z_at_level[k] else x)  # type: ignore[arg-type]
+            x = down(torch.cat([x, _tile(z, x)], 1) if self.z_at_level[k] else x)
         for k in range(self.num_downs - 1, -1, -1):
             if k == self.num_downs - 1 and self.z_at_bottleneck:
                 # after the up path's activation, so z reaches the convolution unclipped
-                act, *rest = self.ups[k]
+                act, *rest = self.ups[k].children()
                 x = act(x)
-                x = torch.cat([x, _tile(z, x)], 1)  # type: ignore[arg-type]
+                x = torch.cat([x, _tile(z, x)], 1)
                 for layer in rest:
                     x = layer(x)
             else:

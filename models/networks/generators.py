@@ -7,7 +7,7 @@ indices of `ResnetGenerator.model` are the ones CUT's `nce_layers` refer to.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ class ResnetGenerator(nn.Module):
     c7s1-out, tanh. `antialias_down`/`antialias_up`: CUT's blur-pooled variants."""
 
     size_multiple = 4
+    arch_name: str  # the reference's name, set by define_generator
 
     def __init__(
         self,
@@ -130,7 +131,9 @@ class ResnetGenerator(nn.Module):
     def feature_channels(self, layers: Sequence[int]) -> list[int]:
         """Channel count of each requested layer's output (known without running it)."""
         channels, out = [], []
-        current = self.model[1].in_channels  # type: ignore[union-attr]
+        first = self.model[1]
+        assert isinstance(first, nn.Conv2d)  # after the padding, as built above
+        current = first.in_channels
         for layer in self.model:
             for m in layer.modules():
                 if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
@@ -143,6 +146,32 @@ class ResnetGenerator(nn.Module):
         return out
 
 
+# builds level k's (down layers, up layers) from k and its (outer, inner) channel widths
+UnetLevel = Callable[[int, int, int], tuple[list[nn.Module], list[nn.Module]]]
+
+
+def unet_levels(
+    num_downs: int, out_channels: int, ngf: int, dropout: bool, level: UnetLevel
+) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """The down and up halves of a U-Net's levels (index 0 = outermost), shared by
+    pix2pix's U-Net and BicycleGAN's: widths ngf, 2ngf, 4ngf, then 8ngf; `level` builds
+    each level's layers, and dropout follows the up path of the num_downs-5 innermost
+    non-bottleneck levels. Levels are built outermost first, down before up, as the
+    references do: that order fixes which random numbers initialise which weights."""
+    if num_downs < 5:
+        raise ValueError("a U-Net needs num_downs >= 5")
+    widths = [(out_channels, ngf), (ngf, 2 * ngf), (2 * ngf, 4 * ngf), (4 * ngf, 8 * ngf)]
+    widths += [(8 * ngf, 8 * ngf)] * (num_downs - 4)
+    downs, ups = [], []
+    for k, (outer, inner) in enumerate(widths):
+        down, up = level(k, outer, inner)
+        if dropout and 4 <= k < num_downs - 1:
+            up.append(nn.Dropout(0.5))
+        downs.append(nn.Sequential(*down))
+        ups.append(nn.Sequential(*up))
+    return nn.ModuleList(downs), nn.ModuleList(ups)
+
+
 class UnetGenerator(nn.Module):
     """U-Net with `num_downs` stride-2 levels (7: unet_128, 8: unet_256), ngf*8 at the
     deepest levels, dropout in the num_downs-5 innermost non-bottleneck levels.
@@ -152,6 +181,8 @@ class UnetGenerator(nn.Module):
     skip is the level's input after the down path's in-place LeakyReLU, which the
     following ReLU makes irrelevant).
     """
+
+    arch_name: str  # the reference's name, set by define_generator
 
     def __init__(
         self,
@@ -163,44 +194,29 @@ class UnetGenerator(nn.Module):
         dropout: bool = False,
     ) -> None:
         super().__init__()
-        if num_downs < 5:
-            raise ValueError("a U-Net needs num_downs >= 5")
-        self.num_downs = num_downs
-        self.size_multiple = 2**num_downs
         bias = conv_bias(norm)
-        # (outer, inner) widths per level, outermost first
-        widths = [(out_channels, ngf), (ngf, 2 * ngf), (2 * ngf, 4 * ngf), (4 * ngf, 8 * ngf)]
-        widths += [(8 * ngf, 8 * ngf)] * (num_downs - 4)
-        downs, ups = [], []
-        for k, (outer, inner) in enumerate(widths):
+
+        def level(k: int, outer: int, inner: int) -> tuple[list[nn.Module], list[nn.Module]]:
             outermost, innermost = k == 0, k == num_downs - 1
             source = in_channels if outermost else outer
             conv = nn.Conv2d(source, inner, 4, stride=2, padding=1, bias=bias)
+            down: list[nn.Module]
             if outermost:
-                down: list[nn.Module] = [conv]
+                down = [conv]
             elif innermost:
                 down = [nn.LeakyReLU(0.2, True), conv]
             else:
                 down = [nn.LeakyReLU(0.2, True), conv, norm_layer(norm, inner)]
             up_in = inner if innermost else 2 * inner
-            if outermost:
-                up: list[nn.Module] = [
-                    nn.ReLU(True),
-                    nn.ConvTranspose2d(up_in, outer, 4, stride=2, padding=1),
-                    nn.Tanh(),
-                ]
-            else:
-                up = [
-                    nn.ReLU(True),
-                    nn.ConvTranspose2d(up_in, outer, 4, stride=2, padding=1, bias=bias),
-                    norm_layer(norm, outer),
-                ]
-                if dropout and 4 <= k < num_downs - 1:
-                    up.append(nn.Dropout(0.5))
-            downs.append(nn.Sequential(*down))
-            ups.append(nn.Sequential(*up))
-        self.downs = nn.ModuleList(downs)
-        self.ups = nn.ModuleList(ups)
+            if outermost:  # the output: a biased convolution and tanh, no norm
+                up_out = nn.ConvTranspose2d(up_in, outer, 4, stride=2, padding=1)
+                return down, [nn.ReLU(True), up_out, nn.Tanh()]
+            up_conv = nn.ConvTranspose2d(up_in, outer, 4, stride=2, padding=1, bias=bias)
+            return down, [nn.ReLU(True), up_conv, norm_layer(norm, outer)]
+
+        self.downs, self.ups = unet_levels(num_downs, out_channels, ngf, dropout, level)
+        self.num_downs = num_downs
+        self.size_multiple = 2**num_downs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

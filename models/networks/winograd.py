@@ -46,10 +46,6 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
-def is_enabled() -> bool:
-    return _enabled
-
-
 def _filter_transform(w: torch.Tensor) -> torch.Tensor:
     """(K, C, 3, 3) -> (16, K, C): G g G^T per filter."""
     g = torch.tensor(_G, dtype=w.dtype, device=w.device)
@@ -136,28 +132,29 @@ class _WinogradConv3x3(torch.autograd.Function):
         if bias is not None:
             y += bias.view(1, -1, 1, 1)
         ctx.save_for_backward(x, u)
-        ctx.has_bias = bias is not None  # type: ignore[attr-defined]
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # torch's stubs type ctx as FunctionCtx, which lacks the backward context's fields
         x, u = ctx.saved_tensors  # type: ignore[attr-defined]
+        # False for an input that is not a tensor, so also when there is no bias
         need_x, need_w, need_b = ctx.needs_input_grad  # type: ignore[attr-defined]
         gy = gy.contiguous()
         k, c = u.shape[1], u.shape[2]
         h, w = (x.shape[2] - 2) // 2, (x.shape[3] - 2) // 2
         gx = torch.empty_like(x) if need_x else None
         gu = x.new_zeros(16, k, c) if need_w else None
-        ut = u.transpose(1, 2) if need_x else None
+        ut = u.transpose(1, 2)
         for n in range(len(x)):
             gm = _output_transform_adjoint(gy[n : n + 1])
-            if need_x:
-                gx[n : n + 1] = _input_transform_adjoint(torch.bmm(ut, gm), h, w)  # type: ignore[index,arg-type]
-            if need_w:
-                gu.baddbmm_(gm, _input_transform(x[n : n + 1]).transpose(1, 2))  # type: ignore[union-attr]
-        gw = _filter_transform_adjoint(gu, k, c) if need_w else None  # type: ignore[arg-type]
-        gb = gy.sum((0, 2, 3)) if need_b and ctx.has_bias else None  # type: ignore[attr-defined]
+            if gx is not None:
+                gx[n : n + 1] = _input_transform_adjoint(torch.bmm(ut, gm), h, w)
+            if gu is not None:
+                gu.baddbmm_(gm, _input_transform(x[n : n + 1]).transpose(1, 2))
+        gw = _filter_transform_adjoint(gu, k, c) if gu is not None else None
+        gb = gy.sum((0, 2, 3)) if need_b else None
         return gx, gw, gb
 
 

@@ -18,22 +18,27 @@ reference (which switches E's gradients off before that backward pass).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
+from torch import nn
 
 from models.base import ModelOptions
 from models.gan import ColourGAN, frozen
 from models.losses import GanMode
-from models.networks import define_discriminator, define_encoder, define_z_generator, known_generator
+from models.networks import (
+    MultiscaleDiscriminatorName,
+    define_discriminator,
+    define_encoder,
+    define_z_generator,
+    generator_option,
+)
 from models.networks.bicycle import Upsample, WhereAdd
 from models.networks.init import InitKind
 from models.networks.layers import NormKind
 from models.registry import register_model
-
-MultiD = Literal["basic_256_multi", "basic_128_multi", "basic_256", "basic_128"]
 
 
 class BicycleGANOptions(ModelOptions):
@@ -41,9 +46,9 @@ class BicycleGANOptions(ModelOptions):
 
     width_fields: ClassVar[tuple[str, ...]] = ("ngf", "ndf", "nef")
 
-    netG: str = "unet_256"
-    netD: MultiD = "basic_256_multi"  # type: ignore[assignment]
-    netD2: MultiD = "basic_256_multi"
+    netG: Annotated[str, generator_option(("unet_256", "unet_128"))] = "unet_256"
+    netD: MultiscaleDiscriminatorName = "basic_256_multi"
+    netD2: MultiscaleDiscriminatorName = "basic_256_multi"
     num_Ds: int = Field(default=2, ge=1)
     netE: Literal["resnet_256", "resnet_128"] = "resnet_256"
     nef: int = Field(default=64, ge=1)
@@ -62,17 +67,14 @@ class BicycleGANOptions(ModelOptions):
     lambda_z: float = Field(default=0.5, ge=0)
     lambda_kl: float = Field(default=0.01, ge=0)
 
-    @field_validator("netG")
-    @classmethod
-    def _unet_only(cls, v: str) -> str:
-        return known_generator(v, ("unet_256", "unet_128"))
-
 
 @register_model
 class BicycleGANModel(ColourGAN):
     name = "bicyclegan"
     Options = BicycleGANOptions
+    opts: BicycleGANOptions
     paired = True
+    samples_latent = True  # z ~ N(0, I) at inference: one output among many
 
     def __init__(self, opts: BicycleGANOptions, device: torch.device) -> None:
         super().__init__(opts, device)
@@ -96,9 +98,14 @@ class BicycleGANModel(ColourGAN):
         )
         self.E = self.add_net("E", define_encoder(o.netE, 3, o.nz, o.nef, o.norm, o.init_type, o.init_gain))
         d_in = 1 + out_ch if o.conditional_D else 3
-        disc = dict(ndf=o.ndf, norm=o.norm, init_type=o.init_type, init_gain=o.init_gain, num_D=o.num_Ds)
-        self.D = self.add_net("D", define_discriminator(o.netD, d_in, **disc))
-        self.D2 = None if o.use_same_D else self.add_net("D2", define_discriminator(o.netD2, d_in, **disc))
+
+        def discriminator(name: str) -> nn.Module:
+            return define_discriminator(
+                name, d_in, o.ndf, norm=o.norm, init_type=o.init_type, init_gain=o.init_gain, num_D=o.num_Ds
+            )
+
+        self.D = self.add_net("D", discriminator(o.netD))
+        self.D2 = None if o.use_same_D else self.add_net("D2", discriminator(o.netD2))
         # the reference's Adam for BicycleGAN uses beta2 0.999 for every network
         self.add_optimizer("G", [self.G])
         self.add_optimizer("E", [self.E])

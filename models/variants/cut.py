@@ -20,6 +20,8 @@ a second encoder pass with autograd.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from pydantic import Field, field_validator
 
@@ -27,11 +29,14 @@ from models.gan import ColourGAN, frozen
 from models.losses import GanMode, PatchSampleMLP, patch_nce_loss
 from models.networks import (
     PRETRAINED_GENERATORS,
+    PatchDiscriminatorName,
     define_discriminator,
     define_generator,
+    generator_option,
     init_weights,
-    known_generator,
 )
+from models.networks.effnet_unet import EffNetUnetGenerator
+from models.networks.generators import ResnetGenerator
 from models.networks.init import InitKind
 from models.networks.layers import NormKind
 from models.pretrained import PretrainedEncoderOptions
@@ -44,7 +49,8 @@ class CUTOptions(PretrainedEncoderOptions):
     """Defaults = contrastive-unpaired-translation `--model cut --CUT_mode CUT`; netG may also
     be a pretrained-encoder U-Net, whose NCE layers index its encoder (models.networks.effnet_unet)."""
 
-    netG: str = "resnet_9blocks"
+    netG: Annotated[str, generator_option(_GENERATORS)] = "resnet_9blocks"
+    netD: PatchDiscriminatorName = "basic"
     norm: NormKind = "instance"  # the reference's normG and normD (both instance)
     dropout: bool = False
     init_type: InitKind = "xavier"
@@ -60,11 +66,6 @@ class CUTOptions(PretrainedEncoderOptions):
     netF_nc: int = Field(default=256, ge=1)
     flip_equivariance: bool = False
     nce_includes_all_negatives_from_minibatch: bool = False
-
-    @field_validator("netG")
-    @classmethod
-    def _encoder_decoder_only(cls, v: str) -> str:
-        return known_generator(v, _GENERATORS)
 
     @field_validator("netF")
     @classmethod
@@ -99,13 +100,14 @@ class FastCUTOptions(CUTOptions):
 class CUTModel(ColourGAN):
     name = "cut"
     Options = CUTOptions
+    opts: CUTOptions
     paired = False
 
     def __init__(self, opts: CUTOptions, device: torch.device) -> None:
         super().__init__(opts, device)
         o = opts
         self.nce_layers = [int(i) for i in o.nce_layers.split(",")]
-        self.G = self.add_net(
+        generator = self.add_net(
             "G",
             define_generator(
                 o.netG,
@@ -120,13 +122,16 @@ class CUTModel(ColourGAN):
                 input_space=o.color_space,
             ),
         )
+        # CUTOptions admits these only: both expose encode() and feature_channels() for PatchNCE
+        assert isinstance(generator, ResnetGenerator | EffNetUnetGenerator)
+        self.G = generator
         self.D = self.add_net(
             "D",
             define_discriminator(
                 o.netD, 3, o.ndf, o.n_layers_D, o.norm, o.init_type, o.init_gain, antialias=o.antialias
             ),
         )
-        channels = self.G.feature_channels(self.nce_layers)  # type: ignore[operator]
+        channels = self.G.feature_channels(self.nce_layers)
         head = PatchSampleMLP(channels, o.netF_nc, use_mlp=o.netF == "mlp_sample")
         self.F = self.add_net("F", init_weights(head, o.init_type, o.init_gain))
         self.add_optimizer("G", [self.G])
@@ -151,12 +156,12 @@ class CUTModel(ColourGAN):
         self, src: torch.Tensor, tgt: torch.Tensor, src_feats: list[torch.Tensor] | None, flipped: bool
     ) -> torch.Tensor:
         o = self.opts
-        feat_q = self.G.encode(tgt, self.nce_layers)  # type: ignore[operator]
+        feat_q = self.G.encode(tgt, self.nce_layers)
         if flipped:
             feat_q = [torch.flip(f, [3]) for f in feat_q]
         with torch.no_grad():
             if src_feats is None:
-                src_feats = self.G.encode(src, self.nce_layers)  # type: ignore[operator]
+                src_feats = self.G.encode(src, self.nce_layers)
             feat_k, ids = self.F([f.detach() for f in src_feats], o.num_patches)
         feat_q, _ = self.F(feat_q, o.num_patches, ids)
         total = torch.zeros((), device=src.device)
@@ -182,7 +187,7 @@ class CUTModel(ColourGAN):
         losses: dict[str, torch.Tensor | float] = {}
         with self.autocast():
             if update_g:
-                out, feats = self.G.forward_features(real, self.nce_layers)  # type: ignore[operator]
+                out, feats = self.G.forward_features(real, self.nce_layers)
             else:
                 with torch.no_grad():
                     out, feats = self.G(real), []

@@ -13,14 +13,17 @@ its input's L.
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
+from torch import nn
 
 from models.gan import ColourGAN, frozen
 from models.image_pool import ImagePool
 from models.losses import GanMode
-from models.networks import define_discriminator, define_generator, known_generator
+from models.networks import PatchDiscriminatorName, define_discriminator, define_generator, generator_option
 from models.networks.layers import NormKind
 from models.pretrained import PretrainedEncoderOptions
 from models.registry import register_model
@@ -30,7 +33,8 @@ class CycleGANOptions(PretrainedEncoderOptions):
     """Defaults = pytorch-CycleGAN-and-pix2pix `--model cycle_gan`; netG may also be a
     pretrained-encoder U-Net (both G_A and G_B then have one)."""
 
-    netG: str = "resnet_9blocks"
+    netG: Annotated[str, generator_option()] = "resnet_9blocks"
+    netD: PatchDiscriminatorName = "basic"
     norm: NormKind = "instance"
     dropout: bool = False
     gan_mode: GanMode = "lsgan"
@@ -39,32 +43,33 @@ class CycleGANOptions(PretrainedEncoderOptions):
     lambda_identity: float = Field(default=0.5, ge=0)  # identity weight, relative to lambda_A/B
     pool_size: int = Field(default=50, ge=0)
 
-    @field_validator("netG")
-    @classmethod
-    def _known_netG(cls, v: str) -> str:
-        return known_generator(v)
-
 
 @register_model
 class CycleGANModel(ColourGAN):
     name = "cyclegan"
     Options = CycleGANOptions
+    opts: CycleGANOptions
     paired = False
 
     def __init__(self, opts: CycleGANOptions, device: torch.device) -> None:
         super().__init__(opts, device)
         o = opts
-        gen = dict(ngf=o.ngf, norm=o.norm, dropout=o.dropout, init_type=o.init_type, init_gain=o.init_gain)
-        disc = dict(
-            ndf=o.ndf, n_layers_D=o.n_layers_D, norm=o.norm, init_type=o.init_type, init_gain=o.init_gain
-        )
-        space = o.color_space
-        self.G_A = self.add_net(
-            "G_A", define_generator(o.netG, 1, self.codec.out_channels, **gen, input_space=space)
-        )
-        self.G_B = self.add_net("G_B", define_generator(o.netG, 3, 1, **gen, input_space=space))
-        self.D_A = self.add_net("D_A", define_discriminator(o.netD, 3, **disc))
-        self.D_B = self.add_net("D_B", define_discriminator(o.netD, 1, **disc))
+
+        def generator(in_channels: int, out_channels: int) -> nn.Module:
+            return define_generator(
+                o.netG, in_channels, out_channels, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain,
+                input_space=o.color_space,
+            )
+
+        def discriminator(in_channels: int) -> nn.Module:
+            return define_discriminator(
+                o.netD, in_channels, o.ndf, o.n_layers_D, o.norm, o.init_type, o.init_gain
+            )
+
+        self.G_A = self.add_net("G_A", generator(1, self.codec.out_channels))
+        self.G_B = self.add_net("G_B", generator(3, 1))
+        self.D_A = self.add_net("D_A", discriminator(3))
+        self.D_B = self.add_net("D_B", discriminator(1))
         self.add_optimizer("G", [self.G_A, self.G_B])
         self.add_optimizer("D", [self.D_A, self.D_B])
         self.pool_A = ImagePool(o.pool_size)  # fake A images for D_B
@@ -81,7 +86,9 @@ class CycleGANModel(ColourGAN):
         self.check_size(a.shape[2], a.shape[3], self.G_A, [self.D_A])
         return self._g_a(a)
 
-    def _pair(self, net, x: torch.Tensor, y: torch.Tensor | None):  # type: ignore[no-untyped-def]
+    def _pair(
+        self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """net(x), net(y): one batch when normalisation is per-sample, else two passes."""
         if y is None:
             return net(x), None
@@ -117,7 +124,9 @@ class CycleGANModel(ColourGAN):
                     loss_cycle_a = F.l1_loss(rec_a.float(), real_a) * o.lambda_A
                     loss_cycle_b = F.l1_loss(rec_b.float(), real_b) * o.lambda_B
                     loss_g = loss_g_a + loss_g_b + loss_cycle_a + loss_cycle_b
-                    if identity:
+                    loss_idt_a: torch.Tensor | float
+                    loss_idt_b: torch.Tensor | float
+                    if out_idt_a is not None and idt_b is not None:  # computed when identity
                         idt_a = codec.assemble(codec.colour_as_gray(real_b), out_idt_a)
                         loss_idt_a = F.l1_loss(idt_a.float(), real_b) * o.lambda_B * o.lambda_identity
                         loss_idt_b = F.l1_loss(idt_b.float(), real_a) * o.lambda_A * o.lambda_identity
@@ -158,20 +167,15 @@ class CycleGANModel(ColourGAN):
         self.iteration += 1
         return self.floats(losses)
 
-    def extra_state(self) -> dict[str, object]:
+    def extra_state(self) -> dict[str, Any]:
         state = super().extra_state()
         state.update({f"pool_A.{k}": v for k, v in self.pool_A.state().items()})
         state.update({f"pool_B.{k}": v for k, v in self.pool_B.state().items()})
         return state
 
-    def load_extra_state(self, state: dict[str, object]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
             pool.load_state(
-                {
-                    k.split(".", 1)[1]: v
-                    for k, v in state.items()  # type: ignore[misc]
-                    if k.startswith(name + ".")
-                },
-                self.device,
+                {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(name + ".")}, self.device
             )

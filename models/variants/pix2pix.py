@@ -8,13 +8,15 @@ mode), and D sees cat(L, a*b*).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from models.gan import ColourGAN, frozen
 from models.losses import GanMode
-from models.networks import define_discriminator, define_generator, known_generator
+from models.networks import PatchDiscriminatorName, define_discriminator, define_generator, generator_option
 from models.networks.layers import NormKind
 from models.pretrained import PretrainedEncoderOptions
 from models.registry import register_model
@@ -24,22 +26,19 @@ class Pix2PixOptions(PretrainedEncoderOptions):
     """Defaults = pytorch-CycleGAN-and-pix2pix `--model pix2pix`; netG may also be a
     pretrained-encoder U-Net (models.pretrained)."""
 
-    netG: str = "unet_256"
+    netG: Annotated[str, generator_option()] = "unet_256"
+    netD: PatchDiscriminatorName = "basic"
     norm: NormKind = "batch"
     dropout: bool = True
     gan_mode: GanMode = "vanilla"
     lambda_L1: float = Field(default=100.0, ge=0)
-
-    @field_validator("netG")
-    @classmethod
-    def _known_netG(cls, v: str) -> str:
-        return known_generator(v)
 
 
 @register_model
 class Pix2PixModel(ColourGAN):
     name = "pix2pix"
     Options = Pix2PixOptions
+    opts: Pix2PixOptions
     paired = True
 
     def __init__(self, opts: Pix2PixOptions, device: torch.device) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,7 +74,10 @@ class HarvestConfig(Strict):
     concurrency: int = Field(default=4, ge=1, le=64)
     requests_per_second: float | None = Field(default=8.0, gt=0)  # None lifts the cap
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=30.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)  # each socket read
+    # Each request as a whole (connect, headers, body, redirects): a server that sends a byte
+    # now and then never trips read_timeout_s, so this bounds how long one request may take.
+    request_deadline_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
@@ -85,12 +90,13 @@ class HarvestConfig(Strict):
 
 # --------------------------------------------------------------------------- sample
 class FilmConfig(Strict):
-    """Deterministic film emulation that makes the SYNTHETIC 'historic' sample layer.
+    """Deterministic film emulation that makes the SYNTHETIC 'historic' sample layers
+    (`<source>_film` for each source layer: the training area's and the held-out area's).
 
     Steps and their order are documented in pipeline/sample/film.py.
     """
 
-    source_layer: str = "erie_2011"
+    source_layers: tuple[str, ...] = Field(default=("erie_2011",), min_length=1)
     seed: int = 1974  # grain noise field
     # Panchromatic response over the source bands (R, G, B, NIR); normalised to sum 1.
     band_weights: tuple[float, float, float, float] = (0.30, 0.45, 0.20, 0.05)
@@ -148,12 +154,27 @@ class AlignConfig(Strict):
     export_layouts: bool = True  # pix2pix aligned A|B PNGs and unpaired trainA/trainB folders
 
 
+class HeldoutConfig(Strict):
+    """An area never used for training or model selection, scored like the test split.
+
+    Its stores must not overlap the dataset's own (the align stage checks); every tile with
+    data goes into the held-out split (no blocks, no guard band).
+    """
+
+    target: str  # fetch key of the area's colour tile store
+    historic: str | None = None  # fetch key of its historic store (datasets whose input is historic)
+    # What differs from the training area that the tile stores do not say (year, season, sensor):
+    # copied into the report beside the zoom and pixel size the align stage measures.
+    note: str = ""
+
+
 class DatasetConfig(Strict):
     """A training dataset built by one align stage."""
 
     input: Literal["gray", "historic"]
     target: str  # fetch key of the modern colour tile store
     historic: str | None = None  # fetch key of the historic tile store (input: historic)
+    heldout: HeldoutConfig | None = None
 
     @model_validator(mode="after")
     def _historic_store(self) -> DatasetConfig:
@@ -161,6 +182,9 @@ class DatasetConfig(Strict):
             raise ValueError("input 'historic' needs `historic`: the fetch key of the historic layer")
         if self.input == "gray" and self.historic:
             raise ValueError("input 'gray' is made from the target; remove `historic`")
+        if self.heldout is not None and (self.input == "historic") != bool(self.heldout.historic):
+            raise ValueError("`heldout.historic` is needed exactly when the input is historic "
+                             "(the held-out area's historic layer)")
         return self
 
 
@@ -181,6 +205,10 @@ class TrainPreset(Strict):
     # The U-Net depth used where a model's reference default is unet_256
     # (unet_256 needs 256-pixel crops).
     unet: Literal["unet_128", "unet_256"] = "unet_256"
+    # Validation budget: every `val_every` steps (default: train.val_every) and at the end,
+    # on `val_tiles` whole val tiles spread evenly over the split (default: all of them).
+    val_every: int | None = Field(default=None, ge=1)
+    val_tiles: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _crop_fits(self) -> TrainPreset:
@@ -243,6 +271,11 @@ class AblationConfig(Strict):
 # --------------------------------------------------------------------------- evaluate
 class EvaluateConfig(Strict):
     batch_size: int = Field(default=16, ge=1)
+    # Tile bootstrap (eval/bootstrap.py): replicates, two-sided confidence; seeded by `seed`.
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    # Models that sample a latent code (BicycleGAN) are scored over this many seeded draws.
+    z_draws: int = Field(default=3, ge=1)
     # pytorch-fid's pt_inception-2015-12-05-6726825d.pth; also looked up through the
     # LUMINESCENCE_INCEPTION_WEIGHTS environment variable and the torch hub cache.
     inception_weights: str | None = None
@@ -254,16 +287,24 @@ class EvaluateConfig(Strict):
 
 
 class BaselineConfig(Strict):
-    """Score something that is not one of our models through the evaluation code."""
+    """Score something that is not one of our models through the evaluation code.
 
-    kind: Literal["input", "layer"]
+    input: the gray input itself; layer: another harvested layer's tiles; lut: the mean a*b*
+    of the train split's pixels per L* bin; transfer: the train split's Lab mean and std
+    (pipeline/results/baselines.py). lut and transfer are fitted on the train split only.
+    """
+
+    kind: Literal["input", "layer", "lut", "transfer"]
     dataset: str
     layer: str | None = None  # fetch key of a tile store whose tiles are the predictions
+    heldout_layer: str | None = None  # the same layer over the held-out area, if there is one
 
     @model_validator(mode="after")
     def _layer_for_layer(self) -> BaselineConfig:
         if self.kind == "layer" and not self.layer:
             raise ValueError("a baseline of kind 'layer' needs `layer`: a fetch key")
+        if self.kind != "layer" and (self.layer or self.heldout_layer):
+            raise ValueError(f"a baseline of kind '{self.kind}' takes no `layer`/`heldout_layer`")
         return self
 
 
@@ -307,9 +348,9 @@ class ReleaseDataConfig(Strict):
     """The release model's training data: native-resolution crops of sample layers outside
     the held-out area, with geometric and film augmentation."""
 
-    layers: list[str] = ["columbia_2010"]  # sample layers (folders of sample.data_dir) trained on
-    held_out: list[str] = ["erie_2011", "erie_2021"]  # layers whose whole footprints are never trained on
-    val_aoi: str = "columbia_fields"  # key of `aois`: the validation area, also kept out of training
+    layers: list[str] = ["erie_2021", "erie_2011"]  # sample layers (folders of sample.data_dir) trained on
+    held_out: list[str] = ["columbia_2010"]  # layers whose whole footprints are never trained on
+    val_aoi: str = "erie_village"  # key of `aois`: the validation area, also kept out of training
     guard_m: float = Field(default=60.0, ge=0)  # gap kept between training crops and those areas
     crop_size: int = Field(default=256, ge=32)
     val_crop_size: int = Field(default=256, ge=32)
@@ -348,6 +389,59 @@ class ReleaseConfig(Strict):
     max_weights_mb: float = Field(default=50.0, gt=0)  # model.pt must stay small enough for git
 
 
+# --------------------------------------------------------------------------- app
+class AppLayerConfig(Strict):
+    """One map layer of a view: a layer of a configured source (never a URL a client names)."""
+
+    source: str  # a key of `sources`
+    layer: str  # the layer id at that source (or the XYZ template's {layer})
+    gray: bool = False  # show (and colourise) its luma: a gray version of a colour layer
+    title: str | None = None  # default: "<layer>" (+ " in gray" when gray)
+
+
+class AppViewConfig(Strict):
+    """One map view: an area, the historic and modern layers, and the model colourising it."""
+
+    title: str
+    aoi: str  # a key of `aois`: the area the view shows, colourises and exports
+    zoom: int = Field(ge=1, le=22)  # the zoom the model colourises at (its training tiles' zoom)
+    historic: AppLayerConfig
+    modern: AppLayerConfig
+    model: str | None = None  # path to a model.pt; default: app.model
+
+
+class AppUploadConfig(Strict):
+    """Limits on uploaded photos (untrusted files)."""
+
+    max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=16_000_000, ge=65536)  # decompression bombs are refused
+
+
+class AppConfig(Strict):
+    """The web app (`luminescence app`): views, model, limits and where it keeps its data."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    model: str  # the default model of every view (the release model)
+    data_dir: str = "data/app"  # the only folder the app writes to (tile stores, exports, uploads)
+    zoom_out: int = Field(default=2, ge=0, le=4)  # zoom levels below a view's zoom (colour overviews)
+    batch_size: int = Field(default=8, ge=1, le=64)  # windows per forward pass across requests
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # gather a batch this long at most
+    export_max_tiles: int = Field(default=400, ge=1)  # "download this view" at the view's zoom
+    upload: AppUploadConfig = AppUploadConfig()
+    views: dict[str, AppViewConfig]
+
+    @field_validator("views")
+    @classmethod
+    def _view_names(cls, value: dict[str, AppViewConfig]) -> dict[str, AppViewConfig]:
+        if not value:
+            raise ValueError("define at least one view")
+        for name in value:  # view names are URL path segments
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+                raise ValueError(f"view name '{name}' must be letters, digits, '-' and '_' (at most 64)")
+        return value
+
+
 # --------------------------------------------------------------------------- all
 class Params(Strict):
     sources: dict[str, SourceConfig]
@@ -363,6 +457,7 @@ class Params(Strict):
     baselines: dict[str, BaselineConfig] = {}
     colourise: ColouriseConfig | None = None
     release: ReleaseConfig | None = None
+    app: AppConfig | None = None
 
     @field_validator("fetch", "datasets", "ablations", "baselines", "aois", "sources")
     @classmethod
@@ -381,18 +476,33 @@ class Params(Strict):
             _check_ref(f"datasets.{key}.target", ds.target, self.fetch)
             if ds.historic:
                 _check_ref(f"datasets.{key}.historic", ds.historic, self.fetch)
+            if ds.heldout is not None:
+                _check_ref(f"datasets.{key}.heldout.target", ds.heldout.target, self.fetch)
+                if ds.heldout.historic:
+                    _check_ref(f"datasets.{key}.heldout.historic", ds.heldout.historic, self.fetch)
+                used = {ds.target, ds.historic} - {None}
+                if {ds.heldout.target, ds.heldout.historic} & used:
+                    raise ConfigError(f"params.yaml: `datasets.{key}.heldout` reuses a tile store of the "
+                                      "training area; a held-out area needs stores of its own")
         for key, ab in self.ablations.items():
             _check_ref(f"ablations.{key}.dataset", ab.dataset, self.datasets)
         for key, bl in self.baselines.items():
             _check_ref(f"baselines.{key}.dataset", bl.dataset, self.datasets)
             if bl.layer:
                 _check_ref(f"baselines.{key}.layer", bl.layer, self.fetch)
+            if bl.heldout_layer:
+                _check_ref(f"baselines.{key}.heldout_layer", bl.heldout_layer, self.fetch)
         if self.colourise:
             _check_ref("colourise.ablation", self.colourise.ablation, self.ablations)
             _check_ref("colourise.store", self.colourise.store, self.fetch)
         if self.release:
             _check_ref("release.data.val_aoi", self.release.data.val_aoi, self.aois)
             _check_film_ranges(self.release.data.film, self.sample.film)
+        if self.app:
+            for key, view in self.app.views.items():
+                _check_ref(f"app.views.{key}.aoi", view.aoi, self.aois)
+                for role in ("historic", "modern"):
+                    _check_ref(f"app.views.{key}.{role}.source", getattr(view, role).source, self.sources)
         if self.ablations and self.train is None:
             raise ConfigError("params.yaml: `ablations` need a `train` section (presets and defaults)")
         return self
@@ -472,12 +582,17 @@ def _model_in(annotation: Any) -> Any:
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "",
-                            source: str = "params.yaml") -> str:
-    """Turn pydantic's report into one line naming the params.yaml key."""
+                            source: str = "params.yaml", names: Mapping[str, str] | None = None) -> str:
+    """Turn pydantic's report into one line naming the params.yaml key.
+
+    `names` renames top-level keys (e.g. to the command-line flag that gave the value).
+    """
     messages = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(top level)"
+        if names and loc and str(loc[0]) in names:
+            key = ".".join([names[str(loc[0])], *(str(p) for p in loc[1:])])
         kind = err["type"]
         if kind == "extra_forbidden":
             hint = _closest(str(loc[-1]), _field_names(model, loc))
@@ -513,6 +628,24 @@ def parse_params(data: Any, source: str = "params.yaml") -> Params:
         return Params.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, Params, source=source)) from None
+
+
+S = TypeVar("S", bound=Strict)
+
+
+def with_overrides(section: S, overrides: Mapping[str, tuple[str, Any]]) -> S:
+    """`section` with command-line values applied, validated exactly like params.yaml.
+
+    `overrides` maps a field to (the flag that gave it, its value); an invalid value is a
+    ConfigError naming the flag, as an invalid params.yaml value names its key.
+    """
+    values = {field: value for field, (_, value) in overrides.items()}
+    try:
+        return type(section).model_validate({**section.model_dump(), **values})
+    except ValidationError as exc:
+        flags = {field: flag for field, (flag, _) in overrides.items()}
+        raise ConfigError(format_validation_error(exc, type(section), source="command line",
+                                                  names=flags)) from None
 
 
 def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:

@@ -20,7 +20,7 @@ import numpy as np
 from affine import Affine
 
 from pipeline.core.config import FilmAugmentConfig, FilmConfig
-from pipeline.datasets.pairing import luma
+from pipeline.geo.pixels import luma
 from pipeline.sample.film import emulate_film
 
 _RANGED = ("contrast", "gamma", "grain_sigma", "grain_size_px", "blur_sigma_px", "vignette_strength",

@@ -1,4 +1,4 @@
-"""The align stage: `python -m pipeline.stages.align DATASET` builds data/datasets/<DATASET>/.
+"""The align stage (`luminescence align DATASET`): builds data/datasets/<DATASET>/.
 
 For the dataset's entry in params.yaml `datasets:` it reads the target (modern colour) tile
 store and, for input `historic`, the historic store; pairs tiles on the target's grid
@@ -36,23 +36,24 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.core.config import DatasetConfig, Params, lookup
+from pipeline.core.outputs import Output, check_outputs
 from pipeline.core.paths import DATASETS_DIR, TILES_DIR, store_path
 from pipeline.datasets.figures import OffsetPoint, contact_sheet_figure, offsets_figure, split_map_figure
-from pipeline.datasets.pairing import (
-    LUMA_FORMULAS,
-    InputReader,
-    PairingError,
-    TileGrid,
-    Undecodable,
-    grid_of,
-    luma,
-    nodata_fraction,
+from pipeline.datasets.pairing import InputReader, PairingError, TileGrid, Undecodable, grid_of
+from pipeline.datasets.splits import GUARD, SplitPlan, WholeAreaPlan
+from pipeline.datasets.storage import (
+    DATASET_FOLDER,
+    HELDOUT,
+    SPLITS,
+    DatasetInfo,
+    atomic_write_bytes,
+    write_info,
+    write_split,
 )
-from pipeline.datasets.splits import GUARD, SplitPlan
-from pipeline.datasets.storage import SPLITS, DatasetInfo, atomic_write_bytes, write_info, write_split
+from pipeline.geo.pixels import LUMA_FORMULAS, decode_tile, luma, nodata_fraction
 from pipeline.geo.registration import Offset, estimate_offset
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_wgs84
-from pipeline.geo.tilestore import TileStatus, TileStore, decode_tile
+from pipeline.geo.tilestore import TileStatus, TileStore, sqlite_files
 
 log = logging.getLogger(__name__)
 
@@ -130,25 +131,49 @@ class AlignResult:
         return {s: len(self.pairs[s]) for s in SPLITS}
 
 
+def pair_stores(label: str, ds: DatasetConfig, params: Params, tiles_dir: Path, target_key: str,
+                historic_key: str | None, *, role: str = "", progress: bool = True,
+                plan: SplitPlan | WholeAreaPlan | None = None,
+                ) -> tuple[AlignResult, TileGrid, dict[str, str], dict[str, str]]:
+    """Open the target (and historic) store, align them and close them again: the result, the
+    target's grid and both stores' metadata (the target's stands for the input's with gray input)."""
+    target = open_store(tiles_dir, target_key, f"{role}target")
+    source = None
+    try:
+        if historic_key is not None:
+            source = open_store(tiles_dir, historic_key, f"{role}historic")
+        result = align_pairs(label, ds, params, target, source, progress=progress, plan=plan)
+        grid = grid_of(target, f"{role}target")
+        t_meta = target.metadata
+        i_meta = source.metadata if source is not None else t_meta
+    finally:
+        target.close()
+        if source is not None:
+            source.close()
+    return result, grid, t_meta, i_meta
+
+
 def _status_drop(status: TileStatus) -> str | None:
     return {TileStatus.EMPTY: "target_empty", TileStatus.FAILED: "target_failed"}.get(status)
 
 
 def align_pairs(name: str, ds: DatasetConfig, params: Params, target: TileStore,
-                source: TileStore | None, *, progress: bool = True) -> AlignResult:
-    """Pair, filter, register and split every target tile; arrays in memory."""
+                source: TileStore | None, *, progress: bool = True,
+                plan: SplitPlan | WholeAreaPlan | None = None) -> AlignResult:
+    """Pair, filter, register and split every target tile; arrays in memory.
+
+    `plan` decides each tile's split (default: spatial blocks of align.splits)."""
     cfg = params.align
     target_grid = grid_of(target, "target")
     reader = None
-    if ds.input == "historic":
-        assert source is not None
+    if source is not None:
         reader = InputReader(source, grid_of(source, "historic"), target_grid, formula=cfg.luma,
                              resampling=cfg.resampling, max_shift_px=cfg.offset.apply_below_px)
 
     drops: Counter[str] = Counter()
     categories: dict[TileId, str] = {}
     statuses = target.statuses()
-    plan = SplitPlan(cfg.splits)
+    plan = plan if plan is not None else SplitPlan(cfg.splits)
     candidates: dict[str, list[tuple[TileId, list[TileId]]]] = {s: [] for s in SPLITS}
     overlap = 0
     for tile in sorted(statuses):
@@ -249,7 +274,7 @@ def _no_overlap_message(target: TileStore, reader: InputReader) -> str:
 
 def _no_pairs_message(name: str, drops: Counter[str], params: Params) -> str:
     words = _drop_words(drops)
-    worst = max(words, key=words.get) if words else "nodata"
+    worst = max(words, key=lambda word: words[word]) if words else "nodata"
     fix = DROP_FIXES[worst].format(max_nodata_fraction=params.align.max_nodata_fraction,
                                    guard_band=params.align.splits.guard_band,
                                    block_size=params.align.splits.block_size)
@@ -348,15 +373,16 @@ def offset_stats(result: AlignResult, grid: TileGrid) -> dict[str, object]:
     stats: dict[str, object] = {"estimated": len(est), "reliable": len(reliable),
                                 "applied": sum(p.applied for p in est)}
     if reliable:
-        assert all(p.offset is not None for p in reliable)
-        mag = np.array([p.offset.magnitude for p in reliable])  # type: ignore[union-attr]
+        offsets = [p.offset for p in reliable if p.offset is not None]
+        assert len(offsets) == len(reliable)  # a pair is marked reliable only with its offset
+        mag = np.array([o.magnitude for o in offsets])
         metres = np.array([grid.pixel_size * grid.ground_metres_per_crs_unit(p.tile) for p in reliable])
         stats.update({
             "median_px": float(np.median(mag)), "p90_px": float(np.percentile(mag, 90)),
             "max_px": float(mag.max()), "median_m": float(np.median(mag * metres)),
             "p90_m": float(np.percentile(mag * metres, 90)),
-            "median_dx_px": float(np.median([p.offset.dx for p in reliable])),  # type: ignore[union-attr]
-            "median_dy_px": float(np.median([p.offset.dy for p in reliable])),  # type: ignore[union-attr]
+            "median_dx_px": float(np.median([o.dx for o in offsets])),
+            "median_dy_px": float(np.median([o.dy for o in offsets])),
         })
     return stats
 
@@ -400,29 +426,64 @@ def publish(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass
+class HeldoutResult:
+    pairs: np.ndarray  # (N, 256, 256, 4) like a split
+    rows: list[dict[str, object]]  # manifest rows, split "heldout"
+    info: dict[str, object]  # for dataset.json and summary.json
+
+
+def align_heldout(name: str, ds: DatasetConfig, params: Params, tiles_dir: Path, training_tiles: set[TileId],
+                  *, progress: bool = True) -> HeldoutResult:
+    """Every tile of the held-out area, paired and registered exactly like the dataset's own."""
+    assert ds.heldout is not None
+    ho = ds.heldout
+    historic = ho.historic if ds.input == "historic" else None  # DatasetConfig: set iff historic input
+    result, grid, t_meta, i_meta = pair_stores(
+        f"{name} (held-out)", ds, params, tiles_dir, ho.target, historic, role="held-out ",
+        progress=progress, plan=WholeAreaPlan("test"))
+    pairs = result.pairs["test"]
+    overlap = {p.tile for p in pairs} & training_tiles
+    if overlap:
+        raise AlignError(f"dataset '{name}': the held-out area shares {len(overlap)} tiles with the training "
+                         f"area (e.g. {min(overlap)}); datasets.{name}.heldout must be another area")
+    target_layer = t_meta.get("layer", ho.target)
+    if ds.input == "historic":
+        assert ho.historic is not None  # DatasetConfig: heldout.historic is set iff the input is historic
+        input_layer = i_meta.get("layer", ho.historic)
+    else:
+        input_layer = f"{target_layer} (luma)"
+    meta = {"input_kind": ds.input, "input_layer": input_layer, "target_layer": target_layer,
+            "target_store": str(store_path(ho.target, tiles_dir)),
+            "input_store": str(store_path(ho.historic or ho.target, tiles_dir))}
+    rows = [{**row, "split": HELDOUT} for row in manifest_rows(result, grid, meta)]
+    info: dict[str, object] = {
+        "count": len(pairs), "input_layer": input_layer, "target_layer": target_layer,
+        "target_store": meta["target_store"], "input_store": meta["input_store"],
+        "aoi": t_meta.get("aoi", "?"), "synthetic_input": i_meta.get("synthetic", "false").lower() == "true",
+        "zoom": grid.zoom, "metres_per_px": grid.pixel_size * grid.ground_metres_per_crs_unit(pairs[0].tile),
+        "dropped": dict(sorted(result.drops.items())), "note": ho.note,
+    }
+    return HeldoutResult(result.arrays["test"], rows, info)
+
+
 def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
                   out_dir: Path = DATASETS_DIR, progress: bool = True) -> dict[str, object]:
     """Build data/datasets/<name>/ and return its summary (also written as summary.json)."""
     ds: DatasetConfig = lookup(params.datasets, name, "dataset", "datasets")
     cfg = params.align
-    target = open_store(tiles_dir, ds.target, "target")
-    source = None
-    try:
-        if ds.input == "historic":
-            assert ds.historic is not None
-            source = open_store(tiles_dir, ds.historic, "historic")
-        result = align_pairs(name, ds, params, target, source, progress=progress)
-        grid = grid_of(target, "target")
-        t_meta = target.metadata
-        i_meta = source.metadata if source is not None else t_meta
-    finally:
-        target.close()
-        if source is not None:
-            source.close()
+    # the historic store's key: set exactly for historic input (DatasetConfig checks that)
+    historic = ds.historic if ds.input == "historic" else None
+    # The output rule: the folder replaced at the end is a dataset (or new), and holds no input.
+    stores = [store_path(key, tiles_dir) for key in (ds.target, ds.historic) if key]
+    check_outputs([Output("--out-dir", Path(out_dir) / name, DATASET_FOLDER)],
+                  {"the tile store": [f for s in stores for f in sqlite_files(s)]})
+    result, grid, t_meta, i_meta = pair_stores(name, ds, params, tiles_dir, ds.target, historic,
+                                               progress=progress)
 
     synthetic = i_meta.get("synthetic", "false").lower() == "true"
     target_layer = t_meta.get("layer", ds.target)
-    input_layer = i_meta.get("layer", ds.historic) if ds.input == "historic" else f"{target_layer} (luma)"
+    input_layer = i_meta.get("layer", historic) if historic is not None else f"{target_layer} (luma)"
     meta = {"input_kind": ds.input, "input_layer": input_layer, "target_layer": target_layer,
             "target_store": str(store_path(ds.target, tiles_dir)),
             "input_store": str(store_path(ds.historic or ds.target, tiles_dir))}
@@ -435,6 +496,10 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
                         "a larger AOI or a smaller align.splits.block_size fills it", name, split,
                         cfg.splits.block_size)
 
+    heldout = None
+    if ds.heldout is not None:
+        trained_on = {p.tile for split in SPLITS for p in result.pairs[split]}
+        heldout = align_heldout(name, ds, params, Path(tiles_dir), trained_on, progress=progress)
     stats = offset_stats(result, grid) if ds.input == "historic" else None
     metres_per_px = grid.pixel_size * grid.ground_metres_per_crs_unit(
         next(p.tile for s in SPLITS for p in result.pairs[s]))
@@ -460,6 +525,7 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
                    "fractions": {"train": cfg.splits.train, "val": cfg.splits.val, "test": cfg.splits.test},
                    "realised": {s: n / max(1, summary_pairs) for s, n in result.counts.items()}},
         "colour_input_tiles": result.colour_input_tiles,
+        "heldout": heldout.info if heldout is not None else None,
         "summary": line,
     }
 
@@ -472,7 +538,11 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
     try:
         for split in SPLITS:
             write_split(tmp, split, result.arrays[split])
-        atomic_write_bytes(tmp / "manifest.csv", _csv_bytes(manifest_rows(result, grid, meta)))
+        rows = manifest_rows(result, grid, meta)
+        if heldout is not None:
+            write_split(tmp, HELDOUT, heldout.pairs)
+            rows += heldout.rows
+        atomic_write_bytes(tmp / "manifest.csv", _csv_bytes(rows))
         if cfg.export_layouts:
             write_layouts(tmp, result)
         title = f"{name}: {input_layer} -> {target_layer}"
@@ -494,10 +564,14 @@ def build_dataset(name: str, params: Params, *, tiles_dir: Path = TILES_DIR,
         write_info(tmp, DatasetInfo(name=name, input_kind=ds.input, input_layer=input_layer,
                                     target_layer=target_layer, synthetic_input=synthetic,
                                     tile_size=TILE_SIZE, zoom=grid.zoom, luma=cfg.luma,
-                                    counts=result.counts))  # last: marks the folder complete
+                                    counts=result.counts,
+                                    heldout=heldout.info if heldout is not None else None))  # last: complete
         publish(tmp, out_dir / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("%s", line)
+    if heldout is not None:
+        log.info("held-out area of %s: %d pairs of %s -> %s (z%s)", name, heldout.info["count"],
+                 heldout.info["input_layer"], heldout.info["target_layer"], heldout.info["zoom"])
     return summary

@@ -17,7 +17,6 @@ only its TileGrid, since every resampling goes through the grids' CRS and bounds
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import mercantile
@@ -27,50 +26,14 @@ from rasterio.transform import from_bounds
 from rasterio.warp import reproject, transform_bounds
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.geo.pixels import GrayTiles
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857
-from pipeline.geo.tilestore import TileStatus, TileStore, decode_tile
+from pipeline.geo.tilestore import TileStatus, TileStore
 
 Bounds = tuple[float, float, float, float]  # left, bottom, right, top in the grid's CRS
 
-# --------------------------------------------------------------------------- grey levels
-LUMA_WEIGHTS = {"rec601": (0.299, 0.587, 0.114), "rec709": (0.2126, 0.7152, 0.0722)}
-LUMA_FORMULAS = {
-    "rec601": "Y = 0.299 R + 0.587 G + 0.114 B (Rec. 601 luma of the 8-bit sRGB values, rounded)",
-    "rec709": "Y = 0.2126 R + 0.7152 G + 0.0722 B (Rec. 709 luma of the 8-bit sRGB values, rounded)",
-}
-# A grey layer saved as colour JPEG decodes with R, G, B a level or two apart.
-GRAY_TOLERANCE = 2
-
-
 class PairingError(LuminescenceError):
     """The stores cannot be paired as configured."""
-
-
-def luma(rgb: np.ndarray, formula: str = "rec601") -> np.ndarray:
-    """Luma of (..., 3) uint8 gamma-encoded sRGB: no linearisation, as in Rec. 601/709 Y'."""
-    wr, wg, wb = LUMA_WEIGHTS[formula]
-    rgb = np.asarray(rgb)
-    y = wr * rgb[..., 0].astype(np.float32) + wg * rgb[..., 1] + wb * rgb[..., 2]
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
-
-
-def to_gray(rgba: np.ndarray, formula: str = "rec601") -> tuple[np.ndarray, bool]:
-    """(grey, is_colour) of an RGBA tile.
-
-    A grey layer (R == G == B) gives its one channel unchanged; otherwise the luma, and
-    `is_colour` is true when the channels differ by more than GRAY_TOLERANCE levels.
-    """
-    r, g, b = rgba[..., 0], rgba[..., 1], rgba[..., 2]
-    if np.array_equal(r, g) and np.array_equal(g, b):
-        return r.copy(), False
-    valid = rgba[..., 3] > 0
-    spread = np.maximum(np.abs(r.astype(np.int16) - g), np.abs(g.astype(np.int16) - b))
-    return luma(rgba[..., :3], formula), bool(valid.any() and spread[valid].max() > GRAY_TOLERANCE)
-
-
-def nodata_fraction(alpha: np.ndarray) -> float:
-    """Fraction of fully transparent (alpha 0) pixels."""
-    return float(np.count_nonzero(alpha == 0)) / alpha.size
 
 
 # --------------------------------------------------------------------------- grids
@@ -144,8 +107,9 @@ class Undecodable(Exception):
 class InputReader:
     """The input layer read onto target tiles as (grey, alpha) uint8 arrays of 256x256.
 
-    Decoded input tiles are kept in a small LRU cache: neighbouring target tiles share
-    input tiles (mosaics at another zoom, and the margins needed by shifts).
+    Decoded input tiles are kept in the gray-tile cache (pipeline.geo.pixels.GrayTiles):
+    neighbouring target tiles share input tiles (mosaics at another zoom, and the margins
+    needed by shifts).
     """
 
     def __init__(self, store: TileStore, grid: TileGrid, target_grid: TileGrid, *,
@@ -164,9 +128,7 @@ class InputReader:
                 f"align.resampling is none; set align.resampling to bilinear (or nearest, cubic, "
                 f"lanczos) or harvest both layers at one zoom")
         self.statuses = store.statuses()
-        self.colour_tiles: set[TileId] = set()
-        self._cache: OrderedDict[TileId, np.ndarray | None] = OrderedDict()
-        self._cache_tiles = cache_tiles
+        self._tiles = GrayTiles(store, formula, cache_tiles, skip_undecodable=True)
         # Margin of input pixels read around a target tile: the shift plus kernel support.
         scale = target_grid.pixel_size / grid.pixel_size
         self._margin = (math.ceil(max_shift_px * scale) + 4) * grid.pixel_size
@@ -200,27 +162,14 @@ class InputReader:
         return None
 
     # ---------------------------------------------------------------- pixels
+    @property
+    def colour_tiles(self) -> set[TileId]:
+        """Input tiles that were colour (converted with the luma formula)."""
+        return self._tiles.colour_tiles
+
     def _tile(self, tile: TileId) -> np.ndarray | None:
         """(256, 256, 2) grey + alpha of one input tile; None when not stored or undecodable."""
-        if tile in self._cache:
-            self._cache.move_to_end(tile)
-            return self._cache[tile]
-        data = self.store.get(tile)
-        out = None
-        if data is not None:
-            try:
-                rgba = decode_tile(data)
-            except ValueError:
-                out = None
-            else:
-                gray, colour = to_gray(rgba, self.formula)
-                if colour:
-                    self.colour_tiles.add(tile)
-                out = np.stack([gray, rgba[..., 3]], axis=-1)
-        self._cache[tile] = out
-        if len(self._cache) > self._cache_tiles:
-            self._cache.popitem(last=False)
-        return out
+        return self._tiles.get(tile)
 
     def read(self, target_tile: TileId, shift_px: tuple[float, float] = (0.0, 0.0)
              ) -> tuple[np.ndarray, np.ndarray]:

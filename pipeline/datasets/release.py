@@ -1,13 +1,13 @@
 """Training, validation and held-out data of the release model, read from the bundled
 sample's rasters at their native resolution (no web-mercator resampling).
 
-- Training: random `crop_size` crops of `release.data.layers` (default: columbia_2010),
+- Training: random `crop_size` crops of `release.data.layers` (default: erie_2021, erie_2011),
   never within `guard_m` metres of the validation area or of any held-out layer's whole
-  footprint (erie_2021 and the wider erie_2011), with the augmentation of
+  footprint (columbia_2010: another county, another year), with the augmentation of
   pipeline/datasets/augment.py. A batch is a pure function of (seed, step), like the
   align-based training batches.
 - Validation: a fixed set of whole `val_crop_size` windows inside the `val_aoi` polygon
-  (default: columbia_fields), scored with clean luma input and with the `sample.film`
+  (default: erie_village), scored with clean luma input and with the `sample.film`
   emulation; settings and the kept weights are chosen on it, never on the held-out area.
 - Held-out: whole windows of the held-out layers, scored once at the end of a run.
 

@@ -1,7 +1,8 @@
 """The compact training format: one memory-mappable uint8 .npy file per split.
 
 A dataset folder (data/datasets/<name>/) holds:
-- `train.npy`, `val.npy`, `test.npy`: arrays of shape (N, H, W, 4), uint8. Channel 0 is
+- `train.npy`, `val.npy`, `test.npy` (and `heldout.npy` for a dataset with a held-out
+  area): arrays of shape (N, H, W, 4), uint8. Channel 0 is
   the model input (grayscale: the luma of the modern tile, or the historic photo) and
   channels 1-3 the target (modern colour) RGB. Pixel-aligned in the map frame.
 - `manifest.csv`: one row per stored pair (index within its split, split, z/x/y, bounds,
@@ -13,16 +14,19 @@ Loading is `np.load(path, mmap_mode="r")`: no per-step image decoding.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import atomic_write_bytes, replacing
+from pipeline.core.outputs import FolderKind
 
 SPLITS = ("train", "val", "test")
+# What a dataset folder is recognised by before the align stage replaces it.
+DATASET_FOLDER = FolderKind("a dataset folder", "dataset.json")
+HELDOUT = "heldout"  # tiles of another area, never trained on (datasets.<name>.heldout)
 INPUT_CHANNEL = 0
 TARGET_CHANNELS = slice(1, 4)
 
@@ -38,49 +42,22 @@ class DatasetInfo:
     zoom: int
     luma: str
     counts: dict[str, int] = field(default_factory=dict)
+    # The held-out area: counts, layers, zoom, pixel size, synthetic flag, note (None: no such area).
+    heldout: dict[str, object] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def _umask_permissions(fd: int) -> None:
-    """mkstemp creates 0600 files; give the final file the permissions open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _umask_permissions(fd)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_split(root: Path, split: str, pairs: np.ndarray) -> Path:
     """Atomically write one split array of shape (N, H, W, 4) uint8."""
-    if split not in SPLITS:
+    if split not in (*SPLITS, HELDOUT):
         raise ValueError(f"unknown split {split!r}")
     if pairs.dtype != np.uint8 or pairs.ndim != 4 or pairs.shape[-1] != 4:
         raise ValueError(f"expected (N, H, W, 4) uint8, got {pairs.shape} {pairs.dtype}")
     path = Path(root) / f"{split}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{split}.", suffix=".npy")
-    try:
-        _umask_permissions(fd)
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(pairs), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(pairs), allow_pickle=False)
     return path
 
 

@@ -12,7 +12,10 @@
    AOI (true distances near the AOI; EPSG:3857 would be off by 1/cos(latitude));
 6. reproject to EPSG:3857 and check every coordinate is finite.
 
-CLI: `python -m pipeline.geo.aoi info FILE [--zoom Z ...] [--buffer-m M]`.
+Given a zoom and a tile limit, an AOI whose tile count is sure to exceed the limit is refused
+between steps 3 and 4, from its corners alone (`tiles.check_cover_estimate`).
+
+CLI (pipeline/stages/aoi.py): `luminescence aoi info FILE [--zoom Z ...] [--buffer-m M]`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from shapely.geometry.polygon import orient
 
 from pipeline.core.config import AoiConfig
 from pipeline.core.errors import LuminescenceError
+from pipeline.geo.tiles import check_cover_estimate, tile_cover_count
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +89,15 @@ class Aoi:
 
 # --------------------------------------------------------------------------- reading
 def read_aoi(path: str | Path, *, buffer_m: float = 0.0, name_field: str | None = None,
-             feature: str | None = None, name: str | None = None) -> Aoi:
+             feature: str | None = None, name: str | None = None, zoom: int | None = None,
+             max_tiles: int | None = None) -> Aoi:
     """Read an AOI from a polygon file in any CRS; see the module docstring for the steps.
 
     Default: all features are unioned into one AOI. With `name_field` and `feature`, the
     single feature whose `name_field` value (compared as text) equals `feature` is used.
+    With `zoom` and `max_tiles`, an AOI whose tile count at `zoom` is sure to exceed
+    `max_tiles` is refused (TooManyTilesError) from its corners alone, before densifying its
+    outline: a whole-world polygon at zoom 19 would take minutes and gigabytes to densify.
     """
     path = Path(path)
     _check_file(path)
@@ -108,7 +116,12 @@ def read_aoi(path: str | Path, *, buffer_m: float = 0.0, name_field: str | None 
 
     # check the corners first: densifying coordinates that are nonsense in this CRS
     # (metres labelled as degrees) could make millions of vertices
-    _check_finite(_reproject(geometry, crs, WEB_MERCATOR), path, crs)
+    corners_3857 = _reproject(geometry, crs, WEB_MERCATOR)
+    _check_finite(corners_3857, path, crs)
+    if zoom is not None and max_tiles is not None and buffer_m >= 0:
+        # so could an AOI far too large for the tile limit (a negative buffer may shrink the AOI
+        # below the estimate; the exact count after the buffer decides then)
+        check_cover_estimate(corners_3857, zoom, max_tiles)
     geometry = shapely.segmentize(geometry, _densify_step(crs))
     if buffer_m:
         geometry, crs = _buffer(geometry, crs, buffer_m, path)
@@ -120,13 +133,43 @@ def read_aoi(path: str | Path, *, buffer_m: float = 0.0, name_field: str | None 
                source_crs=_crs_label(gdf.crs), path=str(path))
 
 
-def load_aoi(cfg: AoiConfig, name: str) -> Aoi:
-    """The AOI `aois.<name>` of params.yaml."""
+def load_aoi(cfg: AoiConfig, name: str, *, zoom: int | None = None, max_tiles: int | None = None) -> Aoi:
+    """The AOI `aois.<name>` of params.yaml (`zoom`, `max_tiles`: see read_aoi)."""
     try:
         return read_aoi(cfg.path, buffer_m=cfg.buffer_m, name_field=cfg.name_field,
-                        feature=cfg.feature, name=name)
+                        feature=cfg.feature, name=name, zoom=zoom, max_tiles=max_tiles)
     except AoiError as exc:
         raise AoiError(f"params.yaml `aois.{name}`: {exc}") from None
+
+
+def describe_aoi(aoi: Aoi, zooms: Sequence[int]) -> list[str]:
+    """Lines describing an AOI already read: its file, CRS, features, parts, area, bounds and
+    the number of web-mercator tiles covering it at each of `zooms`."""
+    frame = _read_frame(Path(aoi.path))
+    crs_name = frame.crs.name if frame.crs is not None else "unknown"
+    w, s, e, n = aoi.bounds_wgs84
+    fields = ", ".join(str(c) for c in frame.columns if c != frame.geometry.name) or "none"
+    types = ", ".join(f"{count} {kind}" for kind, count in
+                      sorted(frame.geometry.geom_type.value_counts().items()))
+    parts = _polygons(aoi.geometry_3857)
+    lines = [
+        f"file      {aoi.path}",
+        f"crs       {aoi.source_crs} ({crs_name})",
+        f"features  {len(frame)}: {types} (fields: {fields})",
+        f"aoi       {aoi.name}: {aoi.geometry_3857.geom_type}, {len(parts)} part(s), "
+        f"{sum(len(p.interiors) for p in parts)} hole(s)",
+        f"area      {aoi.area_km2:.3f} km2 (geodesic)",
+        f"bounds    W {w:.6f}  S {s:.6f}  E {e:.6f}  N {n:.6f} (WGS84 degrees)",
+    ]
+    lines += [f"tiles z{z:<3d} {tile_cover_count(aoi.geometry_3857, z)}" for z in zooms]
+    return lines
+def source_files(path: str | Path) -> list[Path]:
+    """Every file an AOI is read from: a shapefile's parts (same name, any extension) or a
+    single-file format with the journal files SQLite-based ones (GeoPackage) keep beside it."""
+    path = Path(path)
+    if path.suffix.lower() == ".shp" and path.parent.is_dir():
+        return [p for p in path.parent.iterdir() if p.stem == path.stem] or [path]
+    return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))]
 
 
 def _check_finite(geometry_3857: BaseGeometry, path: Path, crs: CRS) -> None:

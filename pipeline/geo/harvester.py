@@ -1,7 +1,8 @@
 """The harvester: fetch a list of tiles from a TileSource into a TileStore, politely and resumably.
 
 - Bounded concurrency (worker threads) over ONE pooled requests.Session, a requests-per-second
-  cap (a token bucket shared by all workers), connect/read timeouts.
+  cap (a token bucket shared by all workers), connect/read timeouts and a deadline on each
+  request as a whole; bodies are read in size-capped chunks (pipeline.geo.bounded_http).
 - Retries with exponential backoff and full jitter on 5xx, timeouts, connection resets and
   truncated or undecodable bodies; 429/503 Retry-After pauses every worker.
 - Every response is checked (status, content type, OGC exception or HTML body quoted, decodes
@@ -14,7 +15,6 @@
 from __future__ import annotations
 
 import email.utils
-import os
 import queue
 import random
 import sys
@@ -26,13 +26,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from pipeline.core.config import HarvestConfig
 from pipeline.core.errors import LuminescenceError
-from pipeline.geo.tilecache import SourceKey, TileCache
+from pipeline.core.outputs import SQLITE, Output, check_outputs
+from pipeline.geo import bounded_http
+from pipeline.geo.bounded_http import BodyRefused, DeadlineExceeded
+from pipeline.geo.pixels import TileRefused, TileSummary, inspect_tile
+from pipeline.geo.tilecache import CACHE_FILE, SourceKey, TileCache
 from pipeline.geo.tiles import TileId, union_bounds_wgs84
-from pipeline.geo.tilestore import TileRecord, TileRefused, TileStatus, TileStore, TileSummary, inspect_tile
+from pipeline.geo.tilestore import (
+    TileRecord,
+    TileStatus,
+    TileStore,
+    check_store_file,
+    sqlite_files,
+    write_canonical,
+)
 from pipeline.geo.wmts_client import (
     ServiceUnreachableError,
     TileSource,
@@ -128,25 +138,9 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 
 
 def make_session(user_agent: str, pool_size: int, url: str | None = None) -> requests.Session:
-    """One pooled session for all workers (connection reuse; no urllib3-level retries).
-
-    Proxy and CA-bundle settings are read from the environment once, here, instead of on every
-    request (requests does that when trust_env is on: about 1 ms of CPU per tile).
-    """
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=max(4, pool_size), pool_maxsize=max(4, pool_size),
-                          max_retries=0, pool_block=False)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers.update({"User-Agent": user_agent,
-                            "Accept": "image/png,image/jpeg,image/webp;q=0.9,image/*;q=0.8,*/*;q=0.1"})
-    if url is not None:
-        session.proxies.update(requests.utils.get_environ_proxies(url))
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if bundle:
-            session.verify = bundle
-        session.trust_env = False
-    return session
+    """One pooled session for all workers, whose requests honour the per-request deadline."""
+    return bounded_http.make_session(
+        user_agent, pool_size, url, accept="image/png,image/jpeg,image/webp;q=0.9,image/*;q=0.8,*/*;q=0.1")
 
 
 # --------------------------------------------------------------------------- checking a tile
@@ -256,13 +250,12 @@ class TileFetcher:
             self.requests += 1
         timeout = (self.cfg.connect_timeout_s, self.cfg.read_timeout_s)
         try:
-            resp = self.session.get(url, timeout=timeout, stream=True)
-            try:
-                data = _read_body(resp)
-            finally:
-                resp.close()
-        except TileFault as fault:
-            return None, (fault.reason, fault.retry)
+            resp, data = bounded_http.get(self.session, url, timeout=timeout,
+                                          deadline_s=self.cfg.request_deadline_s, max_bytes=MAX_BODY_BYTES)
+        except BodyRefused as refused:
+            return None, (refused.reason, refused.retry)
+        except DeadlineExceeded as exc:
+            return None, (f"{exc} (harvest.request_deadline_s)", True)
         except requests.Timeout as exc:
             what = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
             return None, (f"{what} timeout after {timeout[0 if what == 'connect' else 1]:g} s", True)
@@ -306,20 +299,6 @@ class TileFetcher:
             return None, FetchResult(TileRecord(tile, TileStatus.EMPTY,
                                                 reason=f"empty: outside the layer's range{quoted}"), data, 1)
         return None, (f"HTTP {status}{quoted}", False)
-
-
-def _read_body(resp: requests.Response) -> bytes:
-    """The whole body, refusing bodies larger than any tile should be (memory exhaustion)."""
-    declared = resp.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise TileFault(f"response of {int(declared)} bytes refused (limit {MAX_BODY_BYTES})", retry=False)
-    chunks, size = [], 0
-    for chunk in resp.iter_content(1 << 16):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise TileFault(f"response larger than {MAX_BODY_BYTES} bytes refused", retry=False)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _short_exc(exc: BaseException) -> str:
@@ -531,7 +510,7 @@ def _fetch_all(source: TileSource, tiles: list[TileId], cfg: HarvestConfig, sess
         stop.set()
         # On an error or Ctrl-C, don't wait out requests in flight: their threads are daemons.
         for th in threads:
-            th.join(timeout=cfg.connect_timeout_s + cfg.read_timeout_s + 1 if finished else 1.0)
+            th.join(timeout=cfg.request_deadline_s + 1 if finished else 1.0)
         # Results that arrived while stopping are complete tiles: keep them.
         while True:
             try:
@@ -587,6 +566,17 @@ def check_store_matches(store: TileStore, meta: dict[str, str]) -> None:
             f"use another output file or delete it")
 
 
+def check_harvest_output(out: str | Path, cfg: HarvestConfig, *, flag: str = "--out",
+                         inputs: dict[str, Sequence[Path]] | None = None,
+                         cache_dir: str | Path | None = None) -> None:
+    """The output rule for a harvest, checked before anything is written: the store is not one of
+    `inputs` (e.g. the AOI file), not the tile cache, and not an existing file of another kind."""
+    cache = Path(cache_dir if cache_dir is not None else cfg.cache_dir)
+    check_outputs([Output(flag, Path(out), SQLITE)],
+                  {**(inputs or {}), "the tile cache": sqlite_files(cache / CACHE_FILE)})
+    check_store_file(out)
+
+
 def harvest_to_store(source: TileSource, tiles: Sequence[TileId], store_path: str | Path,
                      cfg: HarvestConfig, *, label: str, aoi: str, attribution: str = "",
                      layer_title: str = "", keywords: Sequence[str] = (), synthetic: bool = False,
@@ -595,7 +585,8 @@ def harvest_to_store(source: TileSource, tiles: Sequence[TileId], store_path: st
     """Harvest into an MBTiles store (resuming it), then mark it complete or raise.
 
     The store says complete=false until every tile is recorded and failures are within
-    `cfg.max_failed_fraction`; then complete=true.
+    `cfg.max_failed_fraction`; then complete=true, and it is rewritten in canonical form, so an
+    unchanged harvest gives a byte-identical file.
     """
     if not tiles:
         raise LuminescenceError(f"{label}: the AOI covers no tiles")
@@ -603,6 +594,7 @@ def harvest_to_store(source: TileSource, tiles: Sequence[TileId], store_path: st
                           layer_title=layer_title, keywords=keywords, synthetic=synthetic,
                           service_key=service_key)
     cache_path = Path(cache_dir if cache_dir is not None else cfg.cache_dir)
+    check_harvest_output(store_path, cfg, flag="the tile store", cache_dir=cache_path)
     with TileStore(store_path) as store:
         check_store_matches(store, meta)
         store.set_metadata({**meta, "complete": "false"})
@@ -625,6 +617,7 @@ def harvest_to_store(source: TileSource, tiles: Sequence[TileId], store_path: st
                 f"harvest.max_failed_fraction {cfg.max_failed_fraction:g}): {shown}"
                 f"{'; …' if len(failed) > 5 else ''}; the store is kept incomplete and re-running "
                 f"retries only the failed tiles")
-        store.set_metadata({"harvested_at": datetime.now(UTC).isoformat(timespec="seconds")})
         store.mark_complete(True)
+    # Same tiles, same bytes: no harvest time, rows in key order (see tilestore.write_canonical).
+    write_canonical(store_path)
     return report

@@ -48,9 +48,6 @@ class Offset:
         return float(np.hypot(self.dx, self.dy))
 
 
-ZERO = Offset(0.0, 0.0, 1.0)
-
-
 def gradient_magnitude(gray: np.ndarray) -> np.ndarray:
     """Sobel gradient magnitude of a 2-D image, float32."""
     img = np.asarray(gray, dtype=np.float32)

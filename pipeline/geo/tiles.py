@@ -5,6 +5,7 @@ This module owns tile geometry: bounds, TMS row flipping and the exact AOI cover
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -16,7 +17,22 @@ from shapely.geometry.base import BaseGeometry
 from pipeline.core.errors import LuminescenceError
 
 TILE_SIZE = 256
+MAX_ZOOM = 30  # finer than a centimetre per pixel; 2**30 tiles a side still fit tile ids everywhere
 _HALF_WORLD = mercantile.CE / 2  # EPSG:3857 extent of the tile grid is +-_HALF_WORLD
+
+
+class ZoomError(LuminescenceError, ValueError):
+    """A zoom level outside the web-mercator tile grid (0 to MAX_ZOOM)."""
+
+
+def check_zoom(zoom: int, what: str = "zoom") -> int:
+    """`zoom`, or ZoomError when it is not a zoom level of the tile grid. `what` names where it
+    came from in the message ("--zoom", "fetch.<key>.zoom")."""
+    if isinstance(zoom, bool) or not isinstance(zoom, int) or not 0 <= zoom <= MAX_ZOOM:
+        raise ZoomError(f"{what} {zoom} is outside the web-mercator tile grid, whose zoom levels go "
+                        f"from 0 to {MAX_ZOOM}; choose a zoom in that range (list-layers shows a "
+                        f"layer's zooms)")
+    return zoom
 
 
 class TileId(NamedTuple):
@@ -69,10 +85,10 @@ def union_bounds_wgs84(tiles: list[TileId]) -> tuple[float, float, float, float]
 class TooManyTilesError(LuminescenceError):
     """The AOI needs more tiles at this zoom than the configured limit allows."""
 
-    def __init__(self, count: int, zoom: int, limit: int) -> None:
+    def __init__(self, count: int, zoom: int, limit: int, *, at_least: bool = False) -> None:
         super().__init__(
-            f"the AOI covers {count} tiles at zoom {zoom}, more than the limit of {limit}; "
-            f"lower the zoom or raise harvest.max_tiles in params.yaml")
+            f"the AOI covers {'at least ' if at_least else ''}{count} tiles at zoom {zoom}, more than the "
+            f"limit of {limit}; lower the zoom or raise harvest.max_tiles in params.yaml")
         self.count = count
         self.zoom = zoom
         self.limit = limit
@@ -127,8 +143,7 @@ def _start_tiles(geometry: BaseGeometry, zoom: int) -> tuple[int, np.ndarray, np
 def _cover_parts(geometry_3857: BaseGeometry, zoom: int) -> _CoverParts:
     """Quadtree descent: keep tiles whose interior meets the AOI's interior; a tile
     inside the AOI contributes all its descendants; only partly covered tiles are split."""
-    if not 0 <= zoom <= 30:
-        raise ValueError(f"zoom must be in 0..30, got {zoom}")
+    check_zoom(zoom)
     if geometry_3857.geom_type not in ("Polygon", "MultiPolygon"):
         raise ValueError(f"tile_cover needs a Polygon or MultiPolygon, got {geometry_3857.geom_type}")
     empty = np.empty(0, np.int64)
@@ -191,3 +206,40 @@ def tile_cover(geometry_3857: BaseGeometry, zoom: int, *, max_tiles: int | None 
 def tile_cover_count(geometry_3857: BaseGeometry, zoom: int) -> int:
     """len(tile_cover(geometry_3857, zoom)) without building the list (same rule, same descent)."""
     return _cover_parts(geometry_3857, zoom).count(zoom)
+
+
+# --------------------------------------------------------------------------- early estimate
+def cover_count_lower_bound(geometry_3857: BaseGeometry, zoom: int) -> int:
+    """A number of tiles the cover of `geometry_3857` at `zoom` is sure to reach, found in
+    microseconds from its area and extent (no descent, no list).
+
+    - area: the covering tiles contain the AOI, so there are at least area / tile area of them;
+    - extent: a polygon is connected, so each tile column (row) its x (y) range crosses holds at
+      least one covering tile; a MultiPolygon has at least as many as its largest part.
+    """
+    check_zoom(zoom)
+    if geometry_3857.is_empty:
+        return 0
+    side = 2 * _HALF_WORLD / (1 << zoom)
+    by_area = math.ceil(geometry_3857.area / (side * side) - 1e-9)
+    by_extent = 0
+    for part in shapely.get_parts(geometry_3857):
+        minx, miny, maxx, maxy = part.bounds
+        cols = math.ceil((maxx + _HALF_WORLD) / side) - math.floor((minx + _HALF_WORLD) / side)
+        rows = math.ceil((_HALF_WORLD - miny) / side) - math.floor((_HALF_WORLD - maxy) / side)
+        by_extent = max(by_extent, cols, rows)
+    return max(0, by_area, by_extent)
+
+
+def check_cover_estimate(geometry_3857: BaseGeometry, zoom: int, max_tiles: int, *,
+                         slack: float = 2.0) -> None:
+    """Refuse (TooManyTilesError) an AOI whose cover is sure to exceed `max_tiles` before anything
+    costly is done with it (densifying its outline, the exact cover).
+
+    `geometry_3857` may be the AOI before densifying, whose straight edges differ slightly from
+    the final outline; `slack` keeps that difference from refusing an AOI near the limit, whose
+    exact count (cheap for it) then decides.
+    """
+    lower = cover_count_lower_bound(geometry_3857, zoom)
+    if lower > slack * max_tiles:
+        raise TooManyTilesError(lower, zoom, max_tiles, at_least=True)

@@ -1,9 +1,11 @@
 """WMTS and XYZ tile sources: read capabilities safely, validate a request, build tile URLs.
 
-Capabilities are fetched with requests, checked for DTDs/entities with defusedxml, and only
-then parsed by OWSLib, once. Everything the harvester needs is copied into plain frozen
-dataclasses; tile URLs are built here from the ResourceURL template (or KVP GetTile) rather
-than with OWSLib's `gettile`, which mutates state between calls and is not thread-safe.
+Capabilities are fetched with requests (within a total deadline, the body streamed and
+size-capped before and after decompression: pipeline.geo.bounded_http), checked for
+DTDs/entities with defusedxml, and only then parsed by OWSLib, once. Everything the harvester
+needs is copied into plain frozen dataclasses; tile URLs are built here from the ResourceURL
+template (or KVP GetTile) rather than with OWSLib's `gettile`, which mutates state between
+calls and is not thread-safe.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import requests
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
-from pipeline.core.errors import LuminescenceError
-from pipeline.geo.tiles import TILE_SIZE, TileId
+from pipeline.core.config import HarvestConfig
+from pipeline.core.errors import LuminescenceError, warn
+from pipeline.geo import bounded_http
+from pipeline.geo.bounded_http import BodyRefused, DeadlineExceeded, host_of
+from pipeline.geo.tiles import MAX_ZOOM, TILE_SIZE, TileId, check_zoom
 
 DEFAULT_MATRIX_SET = "GoogleMapsCompatible"
 WEB_MERCATOR_HALF = 20037508.342789244  # metres from the origin to the grid's edge
@@ -141,18 +146,28 @@ class Capabilities:
         raise LayerRequestError(
             f"layer '{layer_id}' is not offered by {self.url}{suggestion} "
             f"(it has {len(self.layers)} layers; list them with "
-            f"`python -m pipeline.stages.fetch list-layers {self.url}`)")
+            f"`luminescence fetch list-layers {self.url}`)")
 
 
 # --------------------------------------------------------------------------- tile sources
 class TileSource(Protocol):
-    """Anything the harvester can fetch tiles from."""
+    """Anything the harvester can fetch tiles from. The members are read-only: a source may
+    hold them as (frozen) fields or compute them as properties."""
 
-    service_url: str
-    layer_id: str
-    matrix_set: str
-    format: str  # MIME type
-    tile_size: int
+    @property
+    def service_url(self) -> str: ...
+
+    @property
+    def layer_id(self) -> str: ...
+
+    @property
+    def matrix_set(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...  # MIME type
+
+    @property
+    def tile_size(self) -> int: ...
 
     def url(self, tile: TileId) -> str: ...
 
@@ -255,7 +270,12 @@ def _tile_pattern_kvp(base: str, layer: LayerInfo, fmt: str, matrix_set: str, st
 
 def resolve_source(caps: Capabilities, layer_id: str, *, zoom: int, matrix_set: str | None = None,
                    fmt: str | None = None) -> WmtsSource:
-    """Validate layer, matrix set, zoom and format against the capabilities (one-line errors)."""
+    """Validate layer, matrix set, zoom and format against the capabilities (one-line errors).
+
+    Tiles served from another host than the capabilities' own are allowed (CDNs do that) but
+    announced with a warning.
+    """
+    check_zoom(zoom)
     layer = caps.layer(layer_id)
     offered = sorted(layer.matrix_sets)
     if matrix_set is None:
@@ -299,7 +319,13 @@ def resolve_source(caps: Capabilities, layer_id: str, *, zoom: int, matrix_set: 
         raise LayerRequestError(
             f"layer '{layer.id}' declares no tile ResourceURL for {fmt} and {caps.url} declares no KVP "
             f"GetTile endpoint: there is no way to request its tiles")
-    return WmtsSource(caps.url, layer, ms, fmt, style, encoding, pattern)
+    source = WmtsSource(caps.url, layer, ms, fmt, style, encoding, pattern)
+    tile_host = host_of(source.url(TileId(zoom, 0, 0)))
+    if tile_host != host_of(caps.url):
+        warn(f"layer '{layer.id}' serves its tiles from {tile_host or '(no host)'}, not from "
+             f"{host_of(caps.url)} where its capabilities are ({encoding} URLs); harvesting from "
+             f"{tile_host or '(no host)'}")
+    return source
 
 
 def _choose_format(layer: LayerInfo, fmt: str | None) -> str:
@@ -390,36 +416,54 @@ _REFUSED = ("refused", "NameResolution", "Name or service not known", "getaddrin
 
 def fetch_capabilities(url: str, *, user_agent: str, timeout: tuple[float, float] = (5.0, 30.0),
                        session: requests.Session | None = None, retries: int = 3,
-                       backoff_s: float = 1.0) -> bytes:
+                       backoff_s: float = 1.0, deadline_s: float = 120.0) -> bytes:
     """GET the capabilities document; transient failures (5xx, 429, timeouts, resets) are retried.
 
-    A refused connection or an unknown host is reported at once: there is nothing to wait for.
+    Each attempt must complete within `deadline_s` seconds, and the document may not exceed
+    MAX_CAPABILITIES_BYTES, on the wire or inflated (it is read in chunks, so a gzip bomb is
+    refused without ever being held in memory). A refused connection or an unknown host is
+    reported at once: there is nothing to wait for.
     """
     target = capabilities_url(url)
-    getter = session.get if session is not None else requests.get
-    for attempt in range(retries + 1):
-        last = attempt == retries
-        try:
-            resp = getter(target, headers={"User-Agent": user_agent}, timeout=timeout)
-            data = resp.content
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            if last or any(s in str(exc) for s in _REFUSED):
-                raise ServiceUnreachableError(describe_connection_error(target, exc)) from None
-            time.sleep(backoff_s * 2 ** attempt)
-            continue
-        except requests.RequestException as exc:
-            raise CapabilitiesError(f"cannot fetch capabilities from {target}: {exc}") from None
-        if resp.status_code in _TRANSIENT_STATUSES and not last:
-            time.sleep(backoff_s * 2 ** attempt)
-            continue
-        if resp.status_code != 200:
-            message = server_message(data, resp.headers.get("Content-Type", ""))
-            raise CapabilitiesError(f"{target} answered HTTP {resp.status_code}"
-                                    + (f": '{message}'" if message else "")
-                                    + "; check the capabilities URL")
-        if len(data) > MAX_CAPABILITIES_BYTES:
-            raise CapabilitiesError(f"{target}: capabilities document of {len(data)} bytes is too large")
-        return data
+    own_session = session is None
+    if session is None:
+        session = bounded_http.make_session(user_agent, 1, target,
+                                            accept="application/xml,text/xml;q=0.9,*/*;q=0.1")
+    try:
+        for attempt in range(retries + 1):
+            last = attempt == retries
+            try:
+                resp, data = bounded_http.get(session, target, timeout=timeout, deadline_s=deadline_s,
+                                              max_bytes=MAX_CAPABILITIES_BYTES,
+                                              headers={"User-Agent": user_agent})
+            except DeadlineExceeded as exc:
+                if last:
+                    raise ServiceUnreachableError(
+                        f"{target} sent {exc} (harvest.request_deadline_s): the server is stalling or "
+                        f"very slow; try again later, or raise the deadline") from None
+                time.sleep(backoff_s * 2 ** attempt)
+                continue
+            except BodyRefused as exc:
+                raise CapabilitiesError(f"{target}: {exc.reason}; check the capabilities URL") from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if last or any(s in str(exc) for s in _REFUSED):
+                    raise ServiceUnreachableError(describe_connection_error(target, exc)) from None
+                time.sleep(backoff_s * 2 ** attempt)
+                continue
+            except requests.RequestException as exc:
+                raise CapabilitiesError(f"cannot fetch capabilities from {target}: {exc}") from None
+            if resp.status_code in _TRANSIENT_STATUSES and not last:
+                time.sleep(backoff_s * 2 ** attempt)
+                continue
+            if resp.status_code != 200:
+                message = server_message(data, resp.headers.get("Content-Type", ""))
+                raise CapabilitiesError(f"{target} answered HTTP {resp.status_code}"
+                                        + (f": '{message}'" if message else "")
+                                        + "; check the capabilities URL")
+            return data
+    finally:
+        if own_session:
+            session.close()
     raise AssertionError("unreachable")  # the loop always returns or raises
 
 
@@ -453,14 +497,6 @@ def ows_exception_text(root) -> str | None:
         if name in {"ExceptionText", "ServiceException"} and el.text and el.text.strip():
             texts.append(el.text.strip())
     return " ".join(texts).strip() or _local(root.tag)
-
-
-def exception_code(root) -> str | None:
-    for el in root.iter():
-        code = el.get("exceptionCode") or el.get("code")
-        if code:
-            return code
-    return None
 
 
 _TAG = re.compile(r"<[^>]+>")
@@ -497,6 +533,14 @@ def _shorten(text: str, limit: int) -> str:
 
 
 # --------------------------------------------------------------------------- parsing
+def _wgs84_box(bounds: object) -> tuple[float, float, float, float] | None:
+    """(west, south, east, north) from OWSLib's boundingBoxWGS84; None when absent or not 4 values."""
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 4:
+        return None
+    w, s, e, n = (float(v) for v in bounds)
+    return (w, s, e, n)
+
+
 def parse_capabilities(data: bytes, url: str) -> Capabilities:
     """Safe parse: defusedxml check first, then OWSLib, then copy into plain dataclasses."""
     root = safe_xml_root(data, url)
@@ -512,19 +556,28 @@ def parse_capabilities(data: bytes, url: str) -> Capabilities:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wmts = WebMapTileService(url, xml=data)
+        matrix_sets = {ident: _matrices(tms) for ident, tms in wmts.tilematrixsets.items()}
+        crs = {ident: tms.crs for ident, tms in wmts.tilematrixsets.items()}
+        layers = {}
+        for layer_id, cm in wmts.contents.items():
+            layers[layer_id] = _layer_info(cm, matrix_sets, crs)
+        title = getattr(getattr(wmts, "identification", None), "title", None) or ""
+        kvp_url = _kvp_url(wmts)
     except KeyError as exc:
         raise CapabilitiesError(f"{url}: incomplete capabilities (missing attribute {exc} on a "
                                 f"ResourceURL or element)") from None
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise CapabilitiesError(f"{url}: malformed capabilities ({exc})") from None
+    except SyntaxError as exc:  # lxml's XMLSyntaxError: its safety limits (huge text nodes, depth)
+        raise CapabilitiesError(f"{url}: the XML parser refused the capabilities document "
+                                f"({_first_line(exc)}); it is too large or too deeply nested to be "
+                                f"read safely") from None
+    except (ValueError, AttributeError, TypeError, IndexError, OverflowError) as exc:
+        raise CapabilitiesError(f"{url}: malformed capabilities ({_first_line(exc)})") from None
+    return Capabilities(url=url, title=title, layers=layers, kvp_url=kvp_url)
 
-    matrix_sets = {ident: _matrices(tms) for ident, tms in wmts.tilematrixsets.items()}
-    crs = {ident: tms.crs for ident, tms in wmts.tilematrixsets.items()}
-    layers = {}
-    for layer_id, cm in wmts.contents.items():
-        layers[layer_id] = _layer_info(cm, matrix_sets, crs)
-    title = getattr(getattr(wmts, "identification", None), "title", None) or ""
-    return Capabilities(url=url, title=title, layers=layers, kvp_url=_kvp_url(wmts))
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _matrices(tms) -> dict[str, TileMatrix]:
@@ -559,12 +612,15 @@ def _layer_info(cm, matrix_sets: dict[str, dict[str, TileMatrix]], crs: dict[str
         if matrices is None:
             continue  # a link to a set the service does not define: unusable
         web_mercator = bool(matrices) and all(m.zoom is not None for m in matrices.values())
-        by_zoom = {m.zoom: m for m in matrices.values() if m.zoom is not None} if web_mercator else {}
+        # Matrices finer than MAX_ZOOM are on the grid but beyond what the pipeline requests:
+        # they are left out, as if not offered.
+        by_zoom = ({m.zoom: m for m in matrices.values() if m.zoom is not None and m.zoom <= MAX_ZOOM}
+                   if web_mercator else {})
         limits = {}
         for ident, lim in link.tilematrixlimits.items():
             m = matrices.get(ident)
-            if m is None or m.zoom is None or None in (lim.mintilecol, lim.maxtilecol,
-                                                       lim.mintilerow, lim.maxtilerow):
+            if m is None or m.zoom is None or m.zoom > MAX_ZOOM or None in (
+                    lim.mintilecol, lim.maxtilecol, lim.mintilerow, lim.maxtilerow):
                 continue
             limits[m.zoom] = TileLimits(lim.mintilecol, lim.maxtilecol, lim.mintilerow, lim.maxtilerow)
         sets[ms_id] = LayerMatrixSet(ms_id, crs.get(ms_id, ""), web_mercator, by_zoom, limits)
@@ -578,7 +634,7 @@ def _layer_info(cm, matrix_sets: dict[str, dict[str, TileMatrix]], crs: dict[str
         keywords=tuple(k.strip() for k in cm.keywords if k and k.strip()),
         formats=tuple(f.strip() for f in cm.formats if f),
         matrix_sets=sets,
-        bounds_wgs84=tuple(float(v) for v in bounds) if bounds else None,
+        bounds_wgs84=_wgs84_box(bounds),
         resource_urls=tuple(ResourceUrl(r["format"], r["resourceType"], r["template"])
                             for r in cm.resourceURLs),
         styles=styles,
@@ -601,6 +657,16 @@ def _kvp_url(wmts) -> str | None:
 
 
 def read_capabilities(url: str, *, user_agent: str, timeout: tuple[float, float] = (5.0, 30.0),
-                      session: requests.Session | None = None) -> Capabilities:
-    data = fetch_capabilities(url, user_agent=user_agent, timeout=timeout, session=session)
+                      session: requests.Session | None = None, deadline_s: float = 120.0,
+                      retries: int = 3, backoff_s: float = 1.0) -> Capabilities:
+    data = fetch_capabilities(url, user_agent=user_agent, timeout=timeout, session=session,
+                              deadline_s=deadline_s, retries=retries, backoff_s=backoff_s)
     return parse_capabilities(data, url)
+
+
+def read_capabilities_for(url: str, cfg: HarvestConfig) -> Capabilities:
+    """read_capabilities with the harvest section's timeouts, deadline and retries (at most 3)."""
+    return read_capabilities(url, user_agent=cfg.user_agent,
+                             timeout=(cfg.connect_timeout_s, cfg.read_timeout_s),
+                             deadline_s=cfg.request_deadline_s, retries=min(3, cfg.max_retries),
+                             backoff_s=cfg.backoff_base_s)

@@ -16,7 +16,6 @@ z/x/y, so the GeoTIFF mosaic carries EPSG:3857 and the exact tile bounds.
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +24,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import replacing
+from pipeline.core.outputs import PNG, SQLITE, TIFF, Output, check_outputs
+from pipeline.geo.pixels import GrayTiles, to_gray
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, union_bounds_wgs84
-from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, decode_tile
+from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, check_store_file, sqlite_files
 
 MIN_MARGIN = 32
 
@@ -53,37 +55,6 @@ def context_margin(multiple: int, min_margin: int = MIN_MARGIN) -> int:
     while (TILE_SIZE + 2 * margin) % multiple:
         margin += 1
     return margin
-
-
-class GrayTiles:
-    """Gray + alpha of the source tiles, decoded once and kept in a small LRU cache."""
-
-    def __init__(self, store: TileStore, luma: str, cache_tiles: int = 256) -> None:
-        from pipeline.datasets.pairing import to_gray
-
-        self._to_gray = to_gray
-        self.store = store
-        self.luma = luma
-        self.colour_tiles = 0
-        self._cache: OrderedDict[TileId, np.ndarray | None] = OrderedDict()
-        self._size = cache_tiles
-
-    def get(self, tile: TileId) -> np.ndarray | None:
-        """(256, 256, 2) uint8 gray + alpha, or None where there is no tile."""
-        if tile in self._cache:
-            self._cache.move_to_end(tile)
-            return self._cache[tile]
-        data = self.store.get(tile)
-        out = None
-        if data is not None:
-            rgba = decode_tile(data)
-            gray, colour = self._to_gray(rgba, self.luma)
-            self.colour_tiles += int(colour)
-            out = np.stack([gray, rgba[..., 3]], axis=-1)
-        self._cache[tile] = out
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
-        return out
 
 
 def context_window(tiles: GrayTiles, tile: TileId, margin: int) -> np.ndarray:
@@ -126,6 +97,7 @@ class ColouriseReport:
     colour_input_tiles: int
     margin: int
     seconds: float
+    undecodable: int = 0  # input tiles whose bytes are not an image: recorded as failed, skipped
 
 
 def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: int, luma: str,
@@ -136,7 +108,7 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
     import torch
     from tqdm import tqdm
 
-    gray_tiles = GrayTiles(source, luma)
+    gray_tiles = GrayTiles(source, luma, skip_undecodable=True)  # a damaged tile: skipped, counted
     done = set(out.tiles(TileStatus.OK))
     todo = [t for t in source.tiles(TileStatus.OK) if t not in done]
     start = time.perf_counter()
@@ -145,18 +117,30 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
                                       disable=not progress) as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
+            bad = [t for t in batch if gray_tiles.get(t) is None]
+            if bad:
+                out.put_many(TileRecord(t, TileStatus.FAILED, reason="input tile is not a decodable image")
+                             for t in bad)
+                bar.update(len(bad))
+                batch = [t for t in batch if t not in bad]
+                if not batch:
+                    continue
             windows = np.stack([context_window(gray_tiles, t, margin) for t in batch])
             a = torch.from_numpy(windows).unsqueeze(1).float().div_(255.0).to(device)
             rgb = model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
             rgb = rgb[:, :, margin:margin + n, margin:margin + n].permute(0, 2, 3, 1).cpu().numpy()
             records = []
             for t, pixels in zip(batch, rgb, strict=True):
-                alpha = gray_tiles.get(t)[..., 1]
+                tile = gray_tiles.get(t)
+                if tile is None:  # unreachable: tiles without a usable image were taken out of the batch
+                    raise ColouriseError(f"input tile {t} has no usable image")
+                alpha = tile[..., 1]
                 records.append(TileRecord(t, TileStatus.OK, png_rgba(pixels, alpha)))
             out.put_many(records)  # one transaction per batch: a killed run keeps what it wrote
             bar.update(len(batch))
-    return ColouriseReport(tiles=len(todo), colour_input_tiles=gray_tiles.colour_tiles, margin=margin,
-                           seconds=time.perf_counter() - start)
+    failed = len([t for t in todo if t in gray_tiles.undecodable])
+    return ColouriseReport(tiles=len(todo) - failed, colour_input_tiles=len(gray_tiles.colour_tiles),
+                           margin=margin, seconds=time.perf_counter() - start, undecodable=failed)
 
 
 def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, float]]:
@@ -170,7 +154,12 @@ def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, flo
     n = TILE_SIZE
     out = np.zeros(((max(ys) - y0 + 1) * n, (max(xs) - x0 + 1) * n, 4), dtype=np.uint8)
     for t in tiles:
-        rgba = store.read_rgba(t)
+        try:
+            rgba = store.read_rgba(t)
+        except ValueError:  # an undecodable tile of a damaged store: left transparent
+            continue
+        if rgba is None:
+            raise ColouriseError(f"{store.path}: tile {t} is marked ok but has no image data")
         out[(t.y - y0) * n:(t.y - y0 + 1) * n, (t.x - x0) * n:(t.x - x0 + 1) * n] = rgba
     z = tiles[0].z
     left, _, _, top = tile_bounds_3857(TileId(z, x0, y0))
@@ -179,29 +168,21 @@ def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, flo
 
 
 def write_geotiff(store: TileStore, path: Path) -> Path:
-    """The store's tiles as one tiled, compressed RGBA GeoTIFF in EPSG:3857."""
-    import rasterio
+    """The store's tiles as one Cloud-Optimized GeoTIFF (RGBA, EPSG:3857, overviews)."""
     from rasterio.transform import from_bounds
+
+    from pipeline.geo.cog import write_cog
 
     rgba, bounds = mosaic(store)
     h, w = rgba.shape[:2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.tif")
-    with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint8",
-                       crs="EPSG:3857", transform=from_bounds(*bounds, w, h), photometric="RGB",
-                       alpha="YES", tiled=True, compress="deflate") as dst:
-        dst.write(np.moveaxis(rgba, -1, 0))
-        meta = store.metadata
-        dst.update_tags(**{k: meta[k] for k in ("description", "model", "source_store") if k in meta})
-    tmp.replace(path)
-    return path
+    meta = store.metadata
+    return write_cog(rgba, path, crs="EPSG:3857", transform=from_bounds(*bounds, w, h),
+                     tags={k: meta[k] for k in ("description", "model", "source_store") if k in meta})
 
 
 def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, max_px: int = 900) -> Path:
     """A PNG: the gray input beside its colourisation, downsampled."""
     from PIL import Image
-
-    from pipeline.datasets.pairing import to_gray
 
     src, _ = mosaic(source)
     col, _ = mosaic(out)
@@ -212,10 +193,8 @@ def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, m
     scale = max_px / max(img.size)
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
@@ -227,6 +206,13 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
     if not model_file.exists():
         raise ColouriseError(f"model {model_file} not found; train one first (dvc repro train@ABLATION) "
                              f"and pass runs/ABLATION/model.pt")
+    # The output rule, before anything is loaded or written: no output is an input or another
+    # output, none is an existing file of another kind, every one can be created.
+    outputs = [Output("--out", out_path, SQLITE)]
+    outputs += [Output("--geotiff", geotiff, TIFF)] if geotiff else []
+    outputs += [Output("--preview", preview, PNG)] if preview else []
+    check_outputs(outputs, {"--model": [model_file], "--store": sqlite_files(source_path)})
+    check_store_file(out_path)
     device = pick_device(device_name)
     model = load_model(model_file, device)
     multiple = size_multiple(model.opts.netG)
@@ -268,6 +254,10 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
                 write_preview(source, out, preview, luma=luma)
     note = (f"; {report.colour_input_tiles} colour input tiles were converted to gray ({luma} luma) first"
             if report.colour_input_tiles else "")
+    if report.undecodable:
+        note += (f"; {report.undecodable} input tile{'s' if report.undecodable > 1 else ''} could not be "
+                 f"decoded (damaged store) and {'were' if report.undecodable > 1 else 'was'} recorded as "
+                 f"failed in {out_path}")
     rate = report.tiles / report.seconds if report.seconds > 0 else 0.0
     return (f"colourised {report.tiles} tiles of {source_path} with {model_file} ({margin}-px context "
             f"margin) in {report.seconds:.1f} s ({rate:.1f} tiles/s) -> {out_path}{note}")

@@ -1,21 +1,35 @@
-"""Evaluate stage: colourise a dataset's held-out test split and score it.
+"""Evaluate stage: colourise a dataset's test split and its held-out area, and score them.
 
-    python -m pipeline.stages.evaluate ABLATION          # a trained model  -> metrics/ABLATION.json
-    python -m pipeline.stages.evaluate --baseline NAME   # a baseline       -> metrics/baseline_NAME.json
+    python -m pipeline.stages.evaluate ABLATION          # a trained model
+    python -m pipeline.stages.evaluate --baseline NAME   # a baseline
 
 Baselines go through the same scoring code as the models: `input` scores the grayscale
-input itself as the prediction (the floor every colouriser must beat), `layer` scores
-the tiles of another harvested layer at the test tiles (e.g. Academia Sinica's own AI
-colourisation `taipei/Taipei_aerialphoto_1980_AI`, or the sample's real 2011 colours).
-Each metric file records N, the dataset, the extractors with their weights' hashes and
-resize methods (see eval.scores and docs/metrics.md), and whether the input is synthetic.
+input itself as the prediction (the floor every colouriser must beat), `lut` and `transfer`
+colour it from the train split's statistics alone (pipeline/results/baselines.py), `layer`
+scores the tiles of another harvested layer at the same tiles (e.g. Academia Sinica's own
+AI colourisation, or the sample's real 2011 colours).
+
+Each scored set of tiles ("area": the test split, and the held-out area when the dataset
+has one) gets every metric of eval.scores with a seeded tile-bootstrap interval. Outputs:
+- metrics/<name>.json: the headline numbers only (`HEADLINE`, `heldout_` for the held-out
+  area), so `dvc metrics show` / `diff` read as one table;
+- reports/evaluation/<name>.json: everything else the report needs: every metric, its
+  interval, N, the tiles' hash, the extractors' provenance (package, file, hashes),
+  the dataset and layers, the synthetic flag, the bootstrap settings, latent-draw spreads;
+- reports/evaluation/<name>.npz: the bootstrap replicates (for paired differences);
+- reports/samples/<name>.png: a few tiles of each area, input | output | target.
+Every random draw (BicycleGAN's latent codes, KID subsets, IS shuffles, the bootstrap) is
+seeded from `evaluate.seed`, so re-running the stage on the same model gives the same numbers.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +38,85 @@ import numpy as np
 from pipeline.core.errors import LuminescenceError
 from pipeline.core.paths import DATASETS_DIR, METRICS_DIR, REPORTS_DIR, RUNS_DIR, store_path
 from pipeline.datasets.storage import (
+    HELDOUT,
     INPUT_CHANNEL,
     TARGET_CHANNELS,
     atomic_write_bytes,
     open_split,
     read_info,
 )
+from pipeline.results.feature_cache import cached_target_extractions
 
 SAMPLES_DIR = REPORTS_DIR / "samples"
-FEATURE_CACHE = Path(".cache/features")
-GRID_TILES = 6  # test tiles shown in each sample grid
+DETAILS_DIR = REPORTS_DIR / "evaluation"
+GRID_TILES = 4  # tiles of each area shown in the sample grid
+AREAS = ("test", HELDOUT)
+HELDOUT_PREFIX = "heldout_"
+# metrics/<name>.json: the numbers a user compares (file key, key in eval.scores' results).
+HEADLINE = (("fid", "fid"), ("kid_mean", "kid_mean"), ("kid_std", "kid_std"),
+            ("delta_e2000", "delta_e2000_mean"), ("psnr", "psnr"), ("ssim", "ssim"),
+            ("colourfulness", "colourfulness_output"))
+HELDOUT_HEADLINE = ("fid", "kid_mean", "delta_e2000", "psnr", "ssim", "colourfulness")
 
 
 class EvaluateError(LuminescenceError):
     pass
+
+
+# --------------------------------------------------------------------------- areas
+@dataclass
+class Area:
+    """One set of tiles to score: the test split, or the held-out area."""
+
+    key: str  # "test" or "heldout"
+    gray: np.ndarray  # (N, H, W) uint8 model input
+    targets: np.ndarray  # (N, H, W, 3) uint8 modern colour
+    tiles: list[tuple[int, int, int]]  # z/x/y of each row
+    synthetic: bool
+    label: str
+
+
+def split_tiles(dataset_dir: Path, split: str) -> list[tuple[int, int, int]]:
+    """z/x/y of each row of <split>.npy, in order, from the dataset's manifest."""
+    rows = []
+    with open(dataset_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["split"] == split:
+                rows.append((int(row["index"]), int(row["z"]), int(row["x"]), int(row["y"])))
+    rows.sort()
+    return [(z, x, y) for _, z, x, y in rows]
+
+
+def load_areas(dataset: str) -> tuple[Path, Any, list[Area]]:
+    root = DATASETS_DIR / dataset
+    info = read_info(root)
+    areas = []
+    for key in AREAS:
+        if key == HELDOUT and not info.heldout:
+            continue
+        pairs = open_split(root, key)
+        if len(pairs) < 2:
+            raise EvaluateError(f"dataset '{dataset}' has {len(pairs)} {key} tile(s); at least 2 are needed "
+                                f"to score distributions: enlarge the AOI or raise align.splits.test")
+        if key == "test":
+            synthetic = info.synthetic_input
+            label = f"test split of {dataset} ({info.target_layer}, z{info.zoom})"
+        else:
+            ho = info.heldout
+            if ho is None:  # unreachable: the held-out area is skipped above when the dataset has none
+                raise EvaluateError(f"dataset '{dataset}' has no held-out area in its dataset.json")
+            synthetic = bool(ho.get("synthetic_input"))
+            label = (f"held-out area {ho.get('aoi', '?')} ({ho.get('target_layer', '?')}, "
+                     f"z{ho.get('zoom', '?')})")
+        areas.append(Area(key, np.ascontiguousarray(pairs[..., INPUT_CHANNEL]),
+                          np.ascontiguousarray(pairs[..., TARGET_CHANNELS]), split_tiles(root, key),
+                          synthetic, label))
+    return root, info, areas
+
+
+def tiles_hash(tiles: list[tuple[int, int, int]]) -> str:
+    """Identity of a scored tile set: two results are paired only when these are equal."""
+    return hashlib.sha256(json.dumps(tiles).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- predictions
@@ -50,7 +129,7 @@ def colourise_tiles(model: Any, gray: np.ndarray, *, batch_size: int, device: An
     out = np.empty((*gray.shape, 3), dtype=np.uint8)
     starts = range(0, len(gray), batch_size)
     with torch.inference_mode():
-        for start in tqdm(starts, desc="colourising test tiles", unit="batch", disable=not progress,
+        for start in tqdm(starts, desc="colourising tiles", unit="batch", disable=not progress,
                           leave=False):
             chunk = torch.from_numpy(np.ascontiguousarray(gray[start:start + batch_size]))
             a = chunk.unsqueeze(1).float().div_(255.0).to(device)
@@ -65,25 +144,15 @@ def input_as_output(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def test_tiles(dataset_dir: Path) -> list[tuple[int, int, int]]:
-    """z/x/y of each row of test.npy, in order, from the dataset's manifest."""
-    rows = []
-    with open(dataset_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["split"] == "test":
-                rows.append((int(row["index"]), int(row["z"]), int(row["x"]), int(row["y"])))
-    rows.sort()
-    return [(z, x, y) for _, z, x, y in rows]
-
-
 def layer_predictions(store_path: Path, tiles: list[tuple[int, int, int]]
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Tiles of another layer at the test tiles: (predictions, mask of usable rows).
+    """Tiles of another layer at the given tiles: (predictions, mask of usable rows).
 
     Rows whose tile is missing, empty or has transparent pixels are left out of scoring.
     """
+    from pipeline.geo.pixels import decode_tile
     from pipeline.geo.tiles import TileId
-    from pipeline.geo.tilestore import TileStore, decode_tile
+    from pipeline.geo.tilestore import TileStore
 
     if not store_path.exists():
         raise EvaluateError(f"baseline layer store {store_path} is missing; run its fetch stage "
@@ -93,8 +162,8 @@ def layer_predictions(store_path: Path, tiles: list[tuple[int, int, int]]
     with TileStore(store_path, readonly=True) as store:
         if tiles and store.zoom != tiles[0][0]:
             raise EvaluateError(
-                f"baseline layer store {store_path} is at zoom {store.zoom} but the dataset's test "
-                f"tiles are at zoom {tiles[0][0]}; harvest the baseline layer at zoom {tiles[0][0]}")
+                f"baseline layer store {store_path} is at zoom {store.zoom} but the tiles to score "
+                f"are at zoom {tiles[0][0]}; harvest the baseline layer at zoom {tiles[0][0]}")
         for i, (z, x, y) in enumerate(tiles):
             data = store.get(TileId(z, x, y))
             if data is None:
@@ -107,66 +176,179 @@ def layer_predictions(store_path: Path, tiles: list[tuple[int, int, int]]
     return preds, usable
 
 
-# --------------------------------------------------------------------------- features
-def cached_target_extractions(targets: np.ndarray, extractors: list[Any], *, batch_size: int,
-                              progress: bool) -> dict[str, Any]:
-    """Target features are the same for every ablation of a dataset: extract them once.
+# A predictor turns an area into prediction draws (one, or several for a latent-code model)
+# and the mask of tiles it can score; None: it has nothing for this area.
+Predictor = Callable[[Area], tuple[list[np.ndarray], np.ndarray] | None]
 
-    The cache is keyed by the sha256 of the target pixels and of the extractor's weights,
-    so it can never return features of other images or another network.
-    """
-    from eval.extractors import Extraction
 
-    digest = hashlib.sha256(np.ascontiguousarray(targets).tobytes()).hexdigest()[:24]
+def model_predictor(name: str, params: Any, progress: bool) -> tuple[Predictor, dict[str, Any]]:
+    import torch
+
+    from pipeline.training.checkpoint import load_model
+    from pipeline.training.devices import pick_device
+
+    cfg = params.evaluate
+    model_file = RUNS_DIR / name / "model.pt"
+    if not model_file.exists():
+        raise EvaluateError(f"{model_file} is missing; train the ablation first (dvc repro train@{name})")
+    device = pick_device(params.train.device if params.train else "auto")
+    model = load_model(model_file, device)
+    draws = cfg.z_draws if model.samples_latent else 1
+
+    def predict(area: Area) -> tuple[list[np.ndarray], np.ndarray]:
+        outputs = []
+        for k in range(draws):
+            torch.manual_seed(cfg.seed + k)  # draw k's latent codes: the same on every run
+            outputs.append(colourise_tiles(model, area.gray, batch_size=cfg.batch_size, device=device,
+                                           progress=progress))
+        return outputs, np.ones(len(area.gray), dtype=bool)
+
+    options_file = RUNS_DIR / name / "options.json"
+    options = json.loads(options_file.read_text()) if options_file.exists() else {}
+    extra = {"model": model.name, "preset": params.train.preset if params.train else None,
+             "steps": options.get("steps") or options.get("total_steps"), "model_file": str(model_file)}
+    if draws > 1:
+        extra["latent_draws"] = draws
+    return predict, extra
+
+
+def baseline_predictor(spec: Any, root: Path) -> tuple[Predictor, dict[str, Any]]:
+    if spec.kind == "input":
+        def predict_input(area: Area) -> tuple[list[np.ndarray], np.ndarray]:
+            return [input_as_output(area.gray)], np.ones(len(area.gray), dtype=bool)
+        return predict_input, {"baseline": "input as output (the gray input scored as the colourisation)"}
+    if spec.kind in ("lut", "transfer"):
+        from pipeline.results.baselines import fit_lightness_lookup, fit_transfer
+
+        train = open_split(root, "train")
+        gray, targets = train[..., INPUT_CHANNEL], train[..., TARGET_CHANNELS]
+        table = (fit_lightness_lookup if spec.kind == "lut" else fit_transfer)(gray, targets)
+
+        def predict_table(area: Area) -> tuple[list[np.ndarray], np.ndarray]:
+            return [table.predict(area.gray)], np.ones(len(area.gray), dtype=bool)
+        return predict_table, {"baseline": f"{spec.kind}: {table.description}"}
+
+    layers = {"test": spec.layer, HELDOUT: spec.heldout_layer}
+
+    def predict_layer(area: Area) -> tuple[list[np.ndarray], np.ndarray] | None:
+        layer = layers[area.key]
+        if layer is None:
+            return None
+        preds, usable = layer_predictions(store_path(layer), area.tiles)
+        return [preds], usable
+    return predict_layer, {"baseline": f"tiles of layer {spec.layer}"
+                           + (f" (held-out area: {spec.heldout_layer})" if spec.heldout_layer else "")}
+
+
+# --------------------------------------------------------------------------- scoring
+def _mean_over_draws(draws: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Numbers averaged over latent draws (other values from the first), and each draw's numbers."""
+    if len(draws) == 1:
+        return dict(draws[0]), {}
+    values: dict[str, Any] = {}
+    per_draw: dict[str, list[float]] = {}
+    for key, first in draws[0].items():
+        numbers = [v for v in (d.get(key) for d in draws) if isinstance(v, float)]
+        if isinstance(first, float) and len(numbers) == len(draws):
+            values[key] = float(np.mean(numbers))
+            per_draw[key] = [float(v) for v in numbers]
+        else:
+            values[key] = first
+    return values, per_draw
+
+
+def score_area(area: Area, predictor: Predictor, extractors: dict[str, list[Any]], cfg: Any, *,
+               progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray] | None:
+    """An area's record (values, intervals, N, tiles, draws), its replicates, and one prediction set."""
+    from eval import bootstrap
+    from eval.scores import INTERVAL_METHODS, score_set
+
+    made = predictor(area)
+    if made is None:
+        return None
+    outputs, usable = made
+    n = int(usable.sum())
+    if n < 2:
+        raise EvaluateError(f"the predictions cover {n} of the {len(usable)} tiles of the {area.label}; "
+                            f"at least 2 are needed")
+    targets = area.targets[usable]
+    tiles = [t for t, u in zip(area.tiles, usable, strict=True) if u]
+    exs = extractors[area.key]
+    target_ex = cached_target_extractions(targets, exs, batch_size=cfg.batch_size, progress=progress)
+    idx = bootstrap.indices(n, cfg.bootstrap_samples, cfg.seed)
+    scored = [score_set(out[usable], targets, extractors=exs, batch_size=cfg.batch_size,
+                        is_splits=cfg.is_splits, kid_subsets=cfg.kid_subsets,
+                        kid_subset_size=cfg.kid_subset_size, seed=cfg.seed, target_extractions=target_ex,
+                        bootstrap_indices=idx, progress=progress) for out in outputs]
+    values, per_draw = _mean_over_draws([s.values for s in scored])
+    replicates = {k: np.mean([s.replicates[k] for s in scored], axis=0) for k in scored[0].replicates}
+    intervals: dict[str, list[float] | None] = {}
+    for key, reps in replicates.items():
+        point = values.get(key)
+        ci = bootstrap.interval(point, reps, confidence=cfg.confidence, method=INTERVAL_METHODS[key]) \
+            if isinstance(point, float) and bool(np.all(np.isfinite(reps))) else None
+        intervals[key] = [ci.low, ci.high] if ci else None
+    record: dict[str, Any] = {
+        "label": area.label, "n": n, "tiles": len(area.tiles), "tiles_sha256": tiles_hash(tiles),
+        "synthetic_input": area.synthetic, "values": values, "intervals": intervals,
+    }
+    if per_draw:
+        record["latent_draws"] = {"n": len(outputs), "values": per_draw,
+                                  "std": {k: float(np.std(v)) for k, v in per_draw.items()}}
+    return record, replicates, outputs[0]
+
+
+def headline(areas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The metric file: fid, kid_mean, kid_std, delta_e2000, psnr, ssim, colourfulness and
+    their held-out versions (`heldout_`); numbers only."""
     out: dict[str, Any] = {}
-    for ex in extractors:
-        path = FEATURE_CACHE / f"{digest}-{ex.name}-{(ex.weights_sha256 or 'none')[:16]}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as npz:
-                out[ex.name] = Extraction(features=npz["features"], logits=npz["logits"])
+    for area, prefix, keys in (("test", "", [k for k, _ in HEADLINE]),
+                               (HELDOUT, HELDOUT_PREFIX, list(HELDOUT_HEADLINE))):
+        if area not in areas:
             continue
-        extraction = ex.extract(targets, batch_size, layout="NHWC", progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, features=extraction.features, logits=extraction.logits)
-        tmp.replace(path)
-        out[ex.name] = extraction
+        values = areas[area]["values"]
+        for file_key, score_key in HEADLINE:
+            if file_key in keys and values.get(score_key) is not None:
+                out[prefix + file_key] = values[score_key]
     return out
 
 
 # --------------------------------------------------------------------------- outputs
-def sample_grid(inputs: np.ndarray, outputs: np.ndarray, targets: np.ndarray, *, title: str,
+def sample_grid(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *, title: str,
                 synthetic: bool, path: Path) -> Path:
-    """A PNG of a few test tiles: input | output | target columns."""
-    import matplotlib
+    """A PNG of a few tiles per area: input | output | target, a label on each row."""
+    from PIL import Image, ImageDraw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = min(GRID_TILES, len(inputs))
-    idx = np.linspace(0, len(inputs) - 1, n).round().astype(int) if n else []
-    fig, axes = plt.subplots(max(n, 1), 3, figsize=(7.5, 2.5 * max(n, 1) + 0.6), squeeze=False)
-    heads = ["input (SYNTHETIC historic)" if synthetic else "input", "output", "target (modern)"]
-    for row, i in enumerate(idx):
-        for col, img in enumerate((inputs[i], outputs[i], targets[i])):
-            ax = axes[row][col]
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(heads[col], fontsize=9)
-    fig.suptitle(title, fontsize=10, color="firebrick" if synthetic else "black")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    thumb, label_h, head_h = 128, 14, 22
+    width = 3 * thumb + 8
+    img = Image.new("RGB", (width, head_h + len(rows) * (thumb + label_h)), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((4, 4), title + ("  [SYNTHETIC input]" if synthetic else ""),
+              fill=(178, 34, 34) if synthetic else (0, 0, 0))
+    for r, (label, gray, out, target) in enumerate(rows):
+        y = head_h + r * (thumb + label_h)
+        draw.text((4, y), f"{label}: input | output | target", fill=(60, 60, 60))
+        for c, tile in enumerate((np.repeat(gray[..., None], 3, axis=-1), out, target)):
+            img.paste(Image.fromarray(tile).resize((thumb, thumb), Image.Resampling.BILINEAR),
+                      (c * (thumb + 4), y + label_h))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def write_metrics(path: Path, record: dict[str, Any]) -> Path:
-    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=False) + "\n").encode())
+def write_json(path: Path, record: dict[str, Any]) -> Path:
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    return path
+
+
+def write_replicates(path: Path, replicates: dict[str, dict[str, np.ndarray]]) -> Path:
+    buf = io.BytesIO()
+    # Typed Any: mypy matches a ** dict against every keyword of numpy's stub, allow_pickle: bool too.
+    arrays: dict[str, Any] = {f"{area}/{key}": reps.astype(np.float64)
+                              for area, by_key in replicates.items() for key, reps in by_key.items()}
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -175,103 +357,86 @@ def _fmt(value: Any) -> str:
 
 
 def summary_line(name: str, record: dict[str, Any]) -> str:
-    m = record["metrics"]
-    parts = [f"{k} {_fmt(m[k])}" for k in ("fid", "fd_efficientnet_lite0", "kid_efficientnet_lite0_mean",
-                                           "delta_e2000_mean", "ssim") if k in m]
-    return f"evaluated {name} on {record['n']} test tiles of {record['dataset']}: " + ", ".join(parts)
+    parts = []
+    for area, data in record["areas"].items():
+        v = data["values"]
+        shown = ", ".join(f"{k} {_fmt(v.get(k))}" for k in ("fid", "kid_mean", "delta_e2000_mean", "ssim"))
+        parts.append(f"{area} (N {data['n']}): {shown}")
+    return f"evaluated {name} on {record['dataset']}: " + "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- the stage
-def _test_data(dataset: str) -> tuple[Path, Any, np.ndarray, np.ndarray]:
-    root = DATASETS_DIR / dataset
-    info = read_info(root)
-    test = open_split(root, "test")
-    if len(test) < 2:
-        raise EvaluateError(f"dataset '{dataset}' has {len(test)} test tile(s); at least 2 are needed "
-                            f"to score distributions: enlarge the AOI or raise align.splits.test")
-    gray = np.ascontiguousarray(test[..., INPUT_CHANNEL])
-    targets = np.ascontiguousarray(test[..., TARGET_CHANNELS])
-    return root, info, gray, targets
-
-
-def _record(kind: str, name: str, dataset: str, info: Any, n: int, metrics: dict[str, Any],
-            extra: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "kind": kind,
-        "name": name,
-        "dataset": dataset,
-        "input": info.input_kind,
-        "input_layer": info.input_layer,
-        "target_layer": info.target_layer,
-        "synthetic_input": info.synthetic_input,
-        "n": n,
-        "split": "test",
-        **extra,
-        "metrics": metrics,
-    }
-    if info.synthetic_input:
-        record["note"] = ("input is SYNTHETIC: a film emulation of a modern photo, not a real "
-                          "historic photograph")
-    return record
-
-
 def evaluate(name: str, params: Any, *, baseline: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Score one ablation (or baseline) and write its metric file and sample grid."""
-    from eval.extractors import default_extractors
-    from eval.scores import score_with_config
+    """Score one ablation (or baseline) on its dataset's test split and held-out area; write its
+    metric file, details, replicates and sample grid. Returns the details record."""
+    import torch
+
+    from eval.extractors import EfficientNetLite0Extractor, FeatureExtractor, fid_inception
     from pipeline.core.config import lookup
 
     cfg = params.evaluate
+    torch.manual_seed(cfg.seed)
     if baseline:
         spec = lookup(params.baselines, name, "baseline", "baselines")
     else:
         spec = lookup(params.ablations, name, "ablation", "ablations")
-    dataset = spec.dataset
-    root, info, gray, targets = _test_data(dataset)
-
-    extra: dict[str, Any]
-    if baseline and spec.kind == "input":
-        preds, usable = input_as_output(gray), np.ones(len(gray), dtype=bool)
-        extra = {"baseline": "input as output (the grayscale input scored as the colourisation)"}
-    elif baseline:
-        store = store_path(spec.layer)
-        preds, usable = layer_predictions(store, test_tiles(root))
-        if usable.sum() < 2:
-            raise EvaluateError(f"baseline layer {spec.layer} covers {int(usable.sum())} of the "
-                                f"{len(gray)} test tiles of '{dataset}'; at least 2 are needed")
-        extra = {"baseline": f"tiles of layer {spec.layer}", "baseline_store": str(store),
-                 "test_tiles_covered": int(usable.sum()), "test_tiles": len(gray)}
+    root, info, areas = load_areas(spec.dataset)
+    if baseline:
+        predictor, extra = baseline_predictor(spec, root)
     else:
-        from pipeline.training.checkpoint import load_model
-        from pipeline.training.devices import pick_device
+        predictor, extra = model_predictor(name, params, progress)
 
-        model_file = RUNS_DIR / name / "model.pt"
-        if not model_file.exists():
-            raise EvaluateError(f"{model_file} is missing; train the ablation first "
-                                f"(dvc repro train@{name})")
-        device = pick_device(params.train.device if params.train else "auto")
-        model = load_model(model_file, device)
-        preds = colourise_tiles(model, gray, batch_size=cfg.batch_size, device=device,
-                                progress=progress)
-        usable = np.ones(len(gray), dtype=bool)
-        options = json.loads((RUNS_DIR / name / "options.json").read_text()) \
-            if (RUNS_DIR / name / "options.json").exists() else {}
-        extra = {"model": spec.model, "preset": params.train.preset if params.train else None,
-                 "steps": options.get("steps") or options.get("total_steps")}
+    # FID/KID (the reference Inception) everywhere; EfficientNet-Lite0 (IS-EffNet where the
+    # Inception has no classifier, FD/KID-EffNet) on the test split only, to keep the stage short.
+    inception = fid_inception(cfg.inception_weights, allow_download=cfg.allow_download)
+    lite0 = EfficientNetLite0Extractor()
+    extractors: dict[str, list[FeatureExtractor]] = {"test": [inception, lite0], HELDOUT: [inception]}
 
-    preds, gray_u, targets_u = preds[usable], gray[usable], targets[usable]
-    extractors = default_extractors(cfg.inception_weights, allow_download=cfg.allow_download)
-    target_ex = None
-    if usable.all():
-        target_ex = cached_target_extractions(targets_u, extractors, batch_size=cfg.batch_size,
-                                              progress=progress)
-    metrics = score_with_config(preds, targets_u, cfg, extractors=extractors,
-                                target_extractions=target_ex, progress=progress)
-    kind = "baseline" if baseline else "model"
-    record = _record(kind, name, dataset, info, len(preds), metrics, extra)
+    results: dict[str, dict[str, Any]] = {}
+    replicates: dict[str, dict[str, np.ndarray]] = {}
+    grid_rows = []
+    for area in areas:
+        scored = score_area(area, predictor, extractors, cfg, progress=progress)
+        if scored is None:
+            continue
+        results[area.key], replicates[area.key], preds = scored
+        picks = np.linspace(0, len(area.gray) - 1, min(GRID_TILES, len(area.gray))).round().astype(int)
+        label = "test" if area.key == "test" else "held-out" + (" (SYNTHETIC)" if area.synthetic else "")
+        grid_rows += [(label, area.gray[i], preds[i], area.targets[i]) for i in picks]
+
     stem = f"baseline_{name}" if baseline else name
-    write_metrics(METRICS_DIR / f"{stem}.json", record)
-    title = f"{stem} on {dataset} (test split)"
-    sample_grid(gray_u, preds, targets_u, title=title, synthetic=info.synthetic_input,
+    record: dict[str, Any] = {
+        "kind": "baseline" if baseline else "model",
+        "name": name,
+        "dataset": spec.dataset,
+        "input": info.input_kind,
+        "input_layer": info.input_layer,
+        "target_layer": info.target_layer,
+        "synthetic_input": info.synthetic_input,
+        **extra,
+        "extractors": {e.name: {**e.provenance, "weights_sha256": e.weights_sha256, "resize": e.resize,
+                                "areas": [a for a, exs in extractors.items() if e in exs]}
+                       for e in (inception, lite0)},
+        "inception_score": "with the 1008-way classifier" if inception.num_classes else
+        "not computed: the FID Inception trunk has no classifier (pytorch-fid's file adds it; see README)",
+        "bootstrap": {"samples": cfg.bootstrap_samples, "seed": cfg.seed, "confidence": cfg.confidence,
+                      "unit": "tile (prediction and target resampled together)",
+                      "methods": _interval_methods()},
+        "heldout": info.heldout,
+        "areas": results,
+    }
+    if info.synthetic_input:
+        record["note"] = ("input is SYNTHETIC: a film emulation of a modern photo, not a real "
+                          "historic photograph")
+    write_json(METRICS_DIR / f"{stem}.json", headline(results))
+    write_json(DETAILS_DIR / f"{stem}.json", record)
+    write_replicates(DETAILS_DIR / f"{stem}.npz", replicates)
+    sample_grid(grid_rows, title=f"{stem} on {spec.dataset}", synthetic=info.synthetic_input,
                 path=SAMPLES_DIR / f"{stem}.png")
     return record
+
+
+def _interval_methods() -> dict[str, str]:
+    from eval.scores import INTERVAL_METHODS
+
+    return dict(INTERVAL_METHODS)

@@ -1,7 +1,7 @@
 """The release model's held-out scores, curves and generated model card (release/).
 
-Held-out scoring: whole windows of each held-out layer (erie_2021 and the wider erie_2011
-footprint, native resolution; never used for training or model selection), colourised
+Held-out scoring: whole windows of each held-out layer (the whole columbia_2010 footprint,
+native resolution; never used for training or model selection), colourised
 from clean Rec. 601 luma and from the `sample.film` emulation. Per window: CIEDE2000 ΔE
 mean of the model's colours and of the gray input itself against the real colours; the
 95% interval of the mean paired difference (model - gray) is a percentile bootstrap over
@@ -14,6 +14,7 @@ from the run that wrote it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,9 @@ def render_model_card(record: dict[str, Any]) -> str:
         f"- Command: `make release` ({r['steps']} iterations: {r['constant_steps']} constant + "
         f"{r['decay_steps']} linear decay, batch {r['batch_size']}), on {r['device']} with "
         f"{r['threads']} thread(s).",
-        f"- Wall time: {_minutes(r['seconds'])} in all, {_minutes(r['step_seconds'])} in training steps.",
+        f"- Wall time: {_minutes(r['seconds'])} in all, {_minutes(r['step_seconds'])} in training steps"
+        + (f"; stopped early by `--max-minutes` at iteration {r['stopped_early_at']} of {r['steps']} "
+           "(the learning-rate decay did not finish)." if r.get("stopped_early_at") else "."),
         f"- Kept weights: iteration {r['kept_step']} (selection: `{record['config']['select']}` on the "
         "validation windows, never on the held-out area).",
         "- Time to quality (validation ΔE2000 mean below the gray input's): "
@@ -209,39 +212,67 @@ def render_model_card(record: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- the whole stage
-def run_release(params: Params, out_dir: Path, *, steps: int | None = None, progress: bool = True
-                ) -> dict[str, Any]:
-    """Train the release model, score the held-out area, write every file of release/."""
-    import json
+TRAIN_RECORD = "train.json"  # the training run's record, so the scores can be redone without retraining
 
+
+def run_release(params: Params, out_dir: Path, *, steps: int | None = None, progress: bool = True,
+                max_minutes: float | None = None) -> dict[str, Any]:
+    """Train the release model, then score it and write every file of release/."""
+    from pipeline.core.files import atomic_write_bytes
     from pipeline.datasets.release import build_release_data
-    from pipeline.training.checkpoint import load_model
-    from pipeline.training.devices import pick_device
-    from pipeline.training.release import ReleaseError, train_release
+    from pipeline.training.release import train_release
 
-    release = params.release
-    if release is None:
-        raise ReleaseError("params.yaml has no `release` section (model, options, data, schedule)")
+    release = _release_section(params)
     out_dir = Path(out_dir)
     data = build_release_data(release.data, params)
-    result = train_release(release, params, out_dir, steps=steps, progress=progress, data=data)
+    result = train_release(release, params, out_dir, steps=steps, progress=progress, data=data,
+                           max_minutes=max_minutes)
+    train = {**result.to_json(), "training_area_km2": data.training_area_km2()}
+    atomic_write_bytes(out_dir / TRAIN_RECORD, (json.dumps(train, indent=2) + "\n").encode())
+    return score_release(params, out_dir)
+
+
+def score_release(params: Params, out_dir: Path) -> dict[str, Any]:
+    """Score out_dir/model.pt on the held-out area and write options.json, curves, metrics.json
+    and MODEL_CARD.md from it and the training record (`--score-only` redoes just this)."""
+    from pipeline.core.files import atomic_write_bytes
+    from pipeline.training.checkpoint import load_model
+    from pipeline.training.devices import pick_device
+    from pipeline.training.release import ReleaseError
+
+    release = _release_section(params)
+    out_dir = Path(out_dir)
+    try:
+        train = json.loads((out_dir / TRAIN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReleaseError(f"{out_dir / TRAIN_RECORD}: cannot read the training record ({exc}); "
+                           "train first with `make release`") from None
+    curves = train.pop("curves", [])
     device = pick_device(release.device)
     model = load_model(out_dir / "model.pt", device)  # exactly what users will load
     record: dict[str, Any] = {
         "config": release.model_dump(mode="json"),
         "film": params.sample.film.model_dump(mode="json"),
         "weights_mb": (out_dir / "model.pt").stat().st_size / 1e6,
-        "training_area_km2": data.training_area_km2(),
-        "train": {k: v for k, v in result.to_json().items() if k != "curves"},
+        "training_area_km2": train.pop("training_area_km2", None),
+        "train": train,
         "held_out": score_held_out(model, release, params, device),
     }
-    options = {"model": result.model, "options": result.options, "kept_step": result.kept_step,
-               "steps": result.steps, "config": record["config"], "parameters": result.parameters}
-    (out_dir / "options.json").write_text(json.dumps(options, indent=2) + "\n", encoding="utf-8")
-    write_curves(result.curves, out_dir / "curves.tsv", out_dir / "curves.png", result.val)
-    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "MODEL_CARD.md").write_text(render_model_card(record), encoding="utf-8")
+    options = {"model": train["model"], "options": train["options"], "kept_step": train["kept_step"],
+               "steps": train["steps"], "config": record["config"], "parameters": train["parameters"]}
+    atomic_write_bytes(out_dir / "options.json", (json.dumps(options, indent=2) + "\n").encode())
+    write_curves(curves, out_dir / "curves.tsv", out_dir / "curves.png", train["val"])
+    atomic_write_bytes(out_dir / "metrics.json", (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / "MODEL_CARD.md", render_model_card(record).encode())
     return record
+
+
+def _release_section(params: Params) -> ReleaseConfig:
+    from pipeline.training.release import ReleaseError
+
+    if params.release is None:
+        raise ReleaseError("params.yaml has no `release` section (model, options, data, schedule)")
+    return params.release
 
 
 def summary_line(record: dict[str, Any]) -> str:

@@ -1,13 +1,14 @@
-"""Report stage: reports/summary.md with the study's tables, charts and conclusions.
+"""Report stage: reports/summary.md with the study's tables, intervals, baselines and verdicts.
 
-Reads the metric files of the ablations and baselines that params.yaml defines NOW
-(metric files of removed ablations may linger on disk; they are ignored), the training
-curves logged by DVCLive, and writes:
-- reports/summary.md: one table per model family (input x variant -> FID, IS max, IS
-  mean, KID, their EfficientNet-Lite0 counterparts, ΔE2000, PSNR, SSIM, colourfulness),
-  the baselines, and "what this run reproduces of the study's conclusions", computed
-  from the numbers;
-- reports/figures/*.png: bar charts per metric and training curves (DVC plots).
+Reads the evaluation records (reports/evaluation/<name>.json and .npz, written by the
+evaluate stage) of the ablations and baselines that params.yaml defines NOW (records of
+removed ablations may linger on disk; they are ignored), the training curves logged by
+DVCLive, and writes:
+- reports/summary.md: one table per model family on the test split, the held-out area's
+  table (and what differs there), the baselines and which models beat them, and the
+  study's claims re-tested with paired bootstrap intervals: "yes", "no" or "inconclusive";
+- reports/figures/*.png: bar charts with intervals and training curves (DVC plots).
+Every number comes from this run's records: the verdicts are this run's, not the study's.
 """
 
 from __future__ import annotations
@@ -16,44 +17,49 @@ import csv
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.core.errors import LuminescenceError
-from pipeline.core.paths import METRICS_DIR, REPORTS_DIR, RUNS_DIR
+from pipeline.core.paths import REPORTS_DIR, RUNS_DIR
 from pipeline.datasets.storage import atomic_write_bytes
 
+DETAILS_DIR = REPORTS_DIR / "evaluation"
 FAMILIES = {"pix2pix": "pix2pix", "cyclegan": "CycleGAN", "cut": "CUT / FastCUT",
             "fastcut": "CUT / FastCUT", "bicyclegan": "BicycleGAN"}
-# Table columns: (metric key, header, lower is better). Missing keys show as "—".
-COLUMNS: list[tuple[str, str, bool]] = [
+# Table columns: (metric key, header, lower is better; None: closer to the targets' is better).
+# Missing keys show as "—".
+COLUMNS: list[tuple[str, str, bool | None]] = [
     ("fid", "FID", True),
-    ("is_max", "IS max", False),
-    ("is_mean", "IS mean", False),
     ("kid_mean", "KID", True),
-    ("fd_efficientnet_lite0", "FD-EffNet", True),
-    ("kid_efficientnet_lite0_mean", "KID-EffNet", True),
-    ("is_efficientnet_lite0_max", "IS-EffNet max", False),
-    ("is_efficientnet_lite0_mean", "IS-EffNet mean", False),
-    ("delta_e2000_mean", "ΔE00 mean", True),
-    ("delta_e2000_median", "ΔE00 median", True),
+    ("delta_e2000_mean", "ΔE00", True),
     ("psnr", "PSNR", False),
     ("ssim", "SSIM", False),
-    ("colourfulness_output", "colourful. out", False),
-    ("colourfulness_target", "colourful. target", False),
+    ("colourfulness_output", "colourful.", None),
+    ("is_max", "IS max", False),
+    ("is_mean", "IS mean", False),
 ]
-CHART_METRICS = ["fid", "fd_efficientnet_lite0", "kid_efficientnet_lite0_mean", "delta_e2000_mean", "ssim"]
+EFFNET_COLUMNS: list[tuple[str, str, bool | None]] = [
+    ("is_efficientnet_lite0_max", "IS-EffNet max", False),
+    ("is_efficientnet_lite0_mean", "IS-EffNet mean", False),
+    ("fd_efficientnet_lite0", "FD-EffNet", True),
+]
+VERDICT_METRICS = (("fid", "FID", True), ("delta_e2000_mean", "ΔE00", True))
+CHART_METRICS = [("test", "fid"), ("test", "delta_e2000_mean"), ("heldout", "fid"),
+                 ("heldout", "delta_e2000_mean")]
 
 
 class ReportError(LuminescenceError):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass
 class Entry:
-    """One scored ablation or baseline."""
+    """One scored ablation or baseline: its record and bootstrap replicates."""
 
     name: str
     kind: str  # "model" or "baseline"
@@ -61,9 +67,9 @@ class Entry:
     dataset: str
     input: str
     synthetic: bool
-    n: int
     options: dict[str, Any]  # the ablation's own keys (what differs from the defaults)
-    metrics: dict[str, Any]
+    record: dict[str, Any]
+    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -72,22 +78,41 @@ class Entry:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         return f"{self.name} ({opts})" if opts else f"{self.name} (defaults)"
 
+    def area(self, key: str) -> dict[str, Any] | None:
+        return self.record.get("areas", {}).get(key)
+
+    def value(self, area: str, metric: str) -> float | None:
+        data = self.area(area)
+        v = data["values"].get(metric) if data else None
+        return float(v) if isinstance(v, int | float) and math.isfinite(float(v)) else None
+
+    def interval(self, area: str, metric: str) -> list[float] | None:
+        data = self.area(area)
+        return data["intervals"].get(metric) if data else None
+
 
 # --------------------------------------------------------------------------- loading
-def load_entries(params: Any, metrics_dir: Path = METRICS_DIR) -> tuple[list[Entry], list[str]]:
-    """Entries for the ablations and baselines in params; names without a metric file."""
+def load_entries(params: Any, details_dir: Path = DETAILS_DIR) -> tuple[list[Entry], list[str]]:
+    """Entries for the ablations and baselines in params; names without an evaluation record."""
     entries, missing = [], []
     jobs = [(name, ab.model, ab.dataset, ab.options, name) for name, ab in params.ablations.items()]
     jobs += [(name, None, bl.dataset, {}, f"baseline_{name}") for name, bl in params.baselines.items()]
     for name, model, dataset, options, stem in jobs:
-        path = metrics_dir / f"{stem}.json"
+        path = details_dir / f"{stem}.json"
         if not path.exists():
             missing.append(stem)
             continue
         rec = json.loads(path.read_text(encoding="utf-8"))
+        reps: dict[str, dict[str, np.ndarray]] = {}
+        npz_path = path.with_suffix(".npz")
+        if npz_path.exists():
+            with np.load(npz_path, allow_pickle=False) as npz:
+                for key in npz.files:
+                    area, metric = key.split("/", 1)
+                    reps.setdefault(area, {})[metric] = npz[key]
         entries.append(Entry(name=name, kind=rec.get("kind", "model"), model=model, dataset=dataset,
                              input=rec.get("input", "?"), synthetic=bool(rec.get("synthetic_input")),
-                             n=int(rec.get("n", 0)), options=dict(options), metrics=rec["metrics"]))
+                             options=dict(options), record=rec, replicates=reps))
     return entries, missing
 
 
@@ -104,38 +129,92 @@ def effective_options(entry: Entry) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- numbers
-def primary_metric(entries: Sequence[Entry]) -> str:
-    """FID when every entry has it (real Inception weights), else the EfficientNet FD."""
-    if entries and all(e.metrics.get("fid") is not None for e in entries):
-        return "fid"
-    return "fd_efficientnet_lite0"
-
-
-def _value(entry: Entry, key: str) -> float | None:
-    v = entry.metrics.get(key)
-    return float(v) if isinstance(v, int | float) and math.isfinite(float(v)) else None
-
-
 def fmt(v: Any) -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
+        if v != 0 and abs(v) < 0.01:
+            return f"{v:.4f}"
+        return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
     return str(v)
 
 
-def table(entries: Sequence[Entry]) -> list[str]:
-    cols = [c for c in COLUMNS if any(e.metrics.get(c[0]) is not None for e in entries)]
-    head = ["input", "variant", "N", *[h + (" ↓" if low else " ↑") for _, h, low in cols]]
+def fmt_ci(value: float | None, ci: list[float] | None) -> str:
+    """`4.63 [4.41, 4.86]`, or the value alone where there is no interval."""
+    if value is None:
+        return "—"
+    return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else fmt(value)
+
+
+def _columns(entries: Sequence[Entry], area: str) -> list[tuple[str, str, bool | None]]:
+    cols = [c for c in COLUMNS if any(e.value(area, c[0]) is not None for e in entries)]
+    if not any(e.value(area, "is_max") is not None for e in entries):  # no classifier: IS-EffNet
+        cols += [c for c in EFFNET_COLUMNS[:2] if any(e.value(area, c[0]) is not None for e in entries)]
+    return cols
+
+
+def table(entries: Sequence[Entry], area: str = "test") -> list[str]:
+    rows = [e for e in entries if e.area(area)]
+    cols = _columns(rows, area)
+    arrows = {True: " ↓", False: " ↑", None: ""}
+    head = ["input", "variant", "N", *[h + arrows[low] for _, h, low in cols]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in sorted(entries, key=lambda e: (e.input, e.kind != "baseline", e.name)):
-        label = e.input + (" (synthetic)" if e.synthetic else "")
-        row = [label, e.variant, str(e.n), *[fmt(e.metrics.get(k)) for k, _, _ in cols]]
-        lines.append("| " + " | ".join(row) + " |")
+    for e in sorted(rows, key=lambda e: (e.input, e.kind != "baseline", e.name)):
+        synthetic = bool(e.area(area).get("synthetic_input"))  # type: ignore[union-attr]
+        label = e.input + (" (SYNTHETIC)" if synthetic else "")
+        cells = [fmt_ci(e.value(area, k), e.interval(area, k)) for k, _, _ in cols]
+        lines.append("| " + " | ".join([label, e.variant, str(e.area(area)["n"]), *cells]) + " |")  # type: ignore[index]
     return lines
 
 
-# --------------------------------------------------------------------------- conclusions
+# --------------------------------------------------------------------------- paired comparisons
+@dataclass(frozen=True)
+class Comparison:
+    """treatment - control on one metric and area, with its paired bootstrap interval."""
+
+    metric: str
+    label: str
+    difference: float
+    low: float
+    high: float
+    verdict: str  # yes / no / inconclusive: is the treatment better?
+
+    def text(self) -> str:
+        return f"{self.label} {fmt(self.difference)} [{fmt(self.low)}, {fmt(self.high)}] → **{self.verdict}**"
+
+
+def compare(treatment: Entry, control: Entry, metric: str, label: str, lower_is_better: bool,
+            area: str = "test") -> Comparison | None:
+    """Paired bootstrap of treatment - control; None unless both were scored on the same tiles
+    with the same bootstrap draws (then their replicates pair up)."""
+    from eval.bootstrap import difference_interval, verdict
+    from eval.scores import INTERVAL_METHODS
+
+    ta, ca = treatment.area(area), control.area(area)
+    if not ta or not ca or ta["tiles_sha256"] != ca["tiles_sha256"]:
+        return None
+    if treatment.record.get("bootstrap", {}).get("seed") != control.record.get("bootstrap", {}).get("seed"):
+        return None
+    vt, vc = treatment.value(area, metric), control.value(area, metric)
+    rt = treatment.replicates.get(area, {}).get(metric)
+    rc = control.replicates.get(area, {}).get(metric)
+    if vt is None or vc is None or rt is None or rc is None or rt.shape != rc.shape:
+        return None
+    if not (np.all(np.isfinite(rt)) and np.all(np.isfinite(rc))):
+        return None
+    confidence = float(treatment.record.get("bootstrap", {}).get("confidence", 0.95))
+    diff, ci = difference_interval(vt, rt, vc, rc, confidence=confidence,
+                                   method=INTERVAL_METHODS.get(metric, "percentile"))
+    return Comparison(metric, label, diff, ci.low, ci.high, verdict(ci, lower_is_better=lower_is_better))
+
+
+def verdict_cells(treatment: Entry, control: Entry, area: str = "test") -> str | None:
+    parts = [compare(treatment, control, m, label, low, area) for m, label, low in VERDICT_METRICS]
+    found = [c.text() for c in parts if c is not None]
+    return "; ".join(found) if found else None
+
+
+# --------------------------------------------------------------------------- the study's claims
 @dataclass(frozen=True)
 class Claim:
     """One conclusion of the study, re-tested on this run's numbers."""
@@ -147,24 +226,28 @@ class Claim:
     factors: tuple[str, ...]  # options allowed to differ between treatment and control
 
 
-def _is(model: str) -> Callable[[Entry], bool]:
-    return lambda e: e.kind == "model" and e.model == model
+def _is(*models: str) -> Callable[[Entry], bool]:
+    return lambda e: e.kind == "model" and e.model in models
+
+
+def _capacity(o: dict[str, Any]) -> bool:
+    return o["ngf"] > o["ndf"]
 
 
 CLAIMS = [
+    Claim("ngf 128 / ndf 32 beat 64 / 64 for {model} on {input} input",
+          _is("pix2pix", "cyclegan", "cut", "fastcut"), _capacity, lambda o: o["ngf"] == o["ndf"],
+          ("ngf", "ndf")),
+    Claim("a higher generator learning rate (lr_G) helped {model} on {input} input",
+          _is("pix2pix", "cyclegan"), lambda o: o.get("lr_G") is not None and o["lr_G"] > o["lr"],
+          lambda o: o.get("lr_G") is None, ("lr_G",)),
     Claim("Lab beat RGB for pix2pix on {input} input", _is("pix2pix"),
           lambda o: o["color_space"] == "lab", lambda o: o["color_space"] == "rgb", ("color_space",)),
     Claim("ResNet beat U-Net generators for pix2pix on {input} input", _is("pix2pix"),
           lambda o: o["netG"].startswith("resnet"), lambda o: o["netG"].startswith("unet"), ("netG",)),
-    Claim("ngf 128 / ndf 32 beat 64 / 64 for pix2pix on {input} input", _is("pix2pix"),
-          lambda o: o["ngf"] > o["ndf"], lambda o: o["ngf"] == o["ndf"], ("ngf", "ndf")),
-    Claim("ngf 128 / ndf 32 beat 64 / 64 for CycleGAN on {input} input", _is("cyclegan"),
-          lambda o: o["ngf"] > o["ndf"], lambda o: o["ngf"] == o["ndf"], ("ngf", "ndf")),
-    Claim("LSGAN beat vanilla GAN loss for {model} on {input} input",
-          lambda e: e.kind == "model" and e.model in ("cut", "fastcut"),
+    Claim("LSGAN beat the vanilla GAN loss for {model} on {input} input", _is("cut", "fastcut"),
           lambda o: o["gan_mode"] == "lsgan", lambda o: o["gan_mode"] == "vanilla", ("gan_mode",)),
-    Claim("LSGAN beat WGAN-GP for {model} on {input} input",
-          lambda e: e.kind == "model" and e.model in ("cut", "fastcut"),
+    Claim("LSGAN beat WGAN-GP for {model} on {input} input", _is("cut", "fastcut"),
           lambda o: o["gan_mode"] == "lsgan", lambda o: o["gan_mode"] == "wgangp", ("gan_mode",)),
 ]
 
@@ -174,76 +257,112 @@ def _comparable(a: dict[str, Any], b: dict[str, Any], factors: tuple[str, ...]) 
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def _verdict(text: str, t: Entry, c: Entry, metric: str, lower_better: bool) -> str | None:
-    vt, vc = _value(t, metric), _value(c, metric)
-    if vt is None or vc is None:
-        return None
-    better = vt < vc if lower_better else vt > vc
-    diff = abs(vt - vc)
-    rel = diff / abs(vc) * 100 if vc else float("nan")
-    word = "**yes**" if better else "**no**"
-    return (f"- {text}: {word}, {metric} {fmt(vt)} ({t.name}) vs {fmt(vc)} ({c.name}), "
-            f"{'better' if better else 'worse'} by {fmt(diff)} ({rel:.0f}%)")
+def _input_label(e: Entry) -> str:
+    return e.input + (" (SYNTHETIC)" if e.synthetic else "")
 
 
-def conclusions(entries: Sequence[Entry], metric: str) -> list[str]:
+def _claim_line(text: str, t: Entry, c: Entry) -> str:
+    cells = verdict_cells(t, c)
+    detail = cells if cells else "not paired (different tiles or bootstrap draws)"
+    return f"| {text} | {t.name} vs {c.name} | {detail} |"
+
+
+def conclusions(entries: Sequence[Entry]) -> list[str]:
     lines: list[str] = []
     models = [e for e in entries if e.kind == "model"]
+    opts = {id(e): effective_options(e) for e in models}
     for claim in CLAIMS:
         fam = [e for e in models if claim.family(e)]
         for t in fam:
-            ot = effective_options(t)
+            ot = opts[id(t)]
             if not claim.treatment(ot):
                 continue
             for c in fam:
-                oc = effective_options(c)
+                oc = opts[id(c)]
                 if c is t or c.dataset != t.dataset or c.model != t.model or not claim.control(oc):
                     continue
-                if not _comparable(ot, oc, claim.factors):
-                    continue
-                text = claim.text.format(input=t.input + (" (synthetic)" if t.synthetic else ""),
-                                         model=t.model)
-                line = _verdict(text, t, c, metric, lower_better=True)
-                if line:
-                    lines.append(line)
+                if _comparable(ot, oc, claim.factors):
+                    lines.append(_claim_line(claim.text.format(input=_input_label(t), model=t.model), t, c))
     # FastCUT vs CUT (different models, same dataset and options otherwise).
-    for t in (e for e in models if e.model == "fastcut" and not e.options.get("gan_mode")):
+    for t in (e for e in models if e.model == "fastcut"):
         for c in (e for e in models if e.model == "cut" and e.dataset == t.dataset):
             if c.options == t.options:
-                line = _verdict(f"FastCUT beat CUT on {t.input} input", t, c, metric, True)
-                if line:
-                    lines.append(line)
-    # CycleGAN / CUT vs pix2pix on the historic input: best of each side.
+                lines.append(_claim_line(f"FastCUT beat CUT on {_input_label(t)} input"
+                                         + (f" ({', '.join(f'{k}={v}' for k, v in t.options.items())})"
+                                            if t.options else ""), t, c))
+    # CycleGAN / CUT vs pix2pix on the historic input: the best of each side (by FID).
     for dataset in sorted({e.dataset for e in models if e.input == "historic"}):
         unpaired = [e for e in models if e.dataset == dataset and e.model in ("cyclegan", "cut", "fastcut")
-                    and _value(e, metric) is not None]
+                    and e.value("test", "fid") is not None]
         paired = [e for e in models if e.dataset == dataset and e.model == "pix2pix"
-                  and _value(e, metric) is not None]
+                  and e.value("test", "fid") is not None]
         if unpaired and paired:
-            best_u = min(unpaired, key=lambda e: _value(e, metric))
-            best_p = min(paired, key=lambda e: _value(e, metric))
-            line = _verdict(f"CycleGAN/CUT beat pix2pix on historic input ({dataset}; best of each)",
-                            best_u, best_p, metric, True)
-            if line:
-                lines.append(line)
-    # BicycleGAN: where z enters the generator (a ranking, the study compared three).
+            best_u = min(unpaired, key=lambda e: e.value("test", "fid"))  # type: ignore[arg-type,return-value]
+            best_p = min(paired, key=lambda e: e.value("test", "fid"))  # type: ignore[arg-type,return-value]
+            lines.append(_claim_line(f"CycleGAN/CUT beat pix2pix on {dataset} input (the best of each by "
+                                     f"FID, chosen on the same tiles)", best_u, best_p))
+    # BicycleGAN: where z enters the generator, every pair.
     for dataset in sorted({e.dataset for e in models if e.model == "bicyclegan"}):
-        bic = [e for e in models if e.model == "bicyclegan" and e.dataset == dataset
-               and _value(e, metric) is not None]
-        if len(bic) > 1:
-            ranked = sorted(bic, key=lambda e: _value(e, metric))
-            order = " < ".join(f"{effective_options(e).get('where_add')} ({fmt(_value(e, metric))})"
-                               for e in ranked)
-            lines.append(f"- BicycleGAN, where z enters G, on {bic[0].input} input ({metric}, best "
-                         f"first): {order}")
-    # Every model against the input-as-output floor.
-    floors = {e.dataset: e for e in entries if e.kind == "baseline" and e.name.startswith("input")}
-    for dataset, floor in sorted(floors.items()):
-        ms = [e for e in models if e.dataset == dataset and _value(e, "delta_e2000_mean") is not None]
-        if ms and _value(floor, "delta_e2000_mean") is not None:
-            beat = [e.name for e in ms if _value(e, "delta_e2000_mean") < _value(floor, "delta_e2000_mean")]
-            lines.append(f"- Models whose colours (ΔE00 mean) beat the grayscale input on {dataset}: "
-                         f"{len(beat)} of {len(ms)}" + (f" ({', '.join(beat)})" if beat else ""))
+        bic = sorted((e for e in models if e.model == "bicyclegan" and e.dataset == dataset),
+                     key=lambda e: str(opts[id(e)].get("where_add")))
+        for i, t in enumerate(bic):
+            for c in bic[i + 1:]:
+                where_t, where_c = opts[id(t)].get("where_add"), opts[id(c)].get("where_add")
+                lines.append(_claim_line(f"BicycleGAN: z at '{where_t}' beat z at '{where_c}' on "
+                                         f"{_input_label(t)} input", t, c))
+    if not lines:
+        return []
+    return ["| claim | compared | treatment − control, 95% paired interval → better? |", "|---|---|---|",
+            *lines]
+
+
+def _beats(model: Entry, base: Entry, area: str) -> bool:
+    found = [compare(model, base, m, label, low, area) for m, label, low in VERDICT_METRICS]
+    return all(c is not None and c.verdict == "yes" for c in found)
+
+
+def baseline_matrix(entries: Sequence[Entry], area: str) -> list[str]:
+    """For each dataset: which models beat which baseline (paired intervals on FID and ΔE00)."""
+    lines: list[str] = []
+    for dataset in sorted({e.dataset for e in entries}):
+        bases = [e for e in entries if e.kind == "baseline" and e.dataset == dataset and e.area(area)]
+        models = [e for e in entries if e.kind == "model" and e.dataset == dataset and e.area(area)]
+        if not bases or not models:
+            continue
+        lines += [f"**{dataset}** ({'test split' if area == 'test' else 'held-out area'}): model − baseline; "
+                  "**yes** = the model is better, beyond the 95% paired interval.", "",
+                  "| model | " + " | ".join(f"vs {b.name}" for b in bases) + " |",
+                  "|---|" + "---|" * len(bases)]
+        for m in sorted(models, key=lambda e: e.name):
+            cells = []
+            for b in bases:
+                parts = [compare(m, b, metric, label, low, area) for metric, label, low in VERDICT_METRICS]
+                cells.append(", ".join(f"{c.label} {c.verdict}" for c in parts if c) or "—")
+            lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
+        beat_all = [m.name for m in models if all(_beats(m, b, area) for b in bases)]
+        shown = ", ".join(beat_all) if beat_all else "none"
+        lines += ["", f"Models better than every baseline on both FID and ΔE00: {shown} "
+                      f"({len(beat_all)} of {len(models)}).", ""]
+    return lines
+
+
+# --------------------------------------------------------------------------- the held-out area
+def heldout_description(entries: Sequence[Entry]) -> list[str]:
+    lines = []
+    seen = set()
+    for e in entries:
+        ho = e.record.get("heldout")
+        if not ho or e.dataset in seen:
+            continue
+        seen.add(e.dataset)
+        test = e.area("test") or {}
+        lines.append(f"- **{e.dataset}**: trained on {e.record.get('input_layer')} → "
+                     f"{e.record.get('target_layer')} ({test.get('label', '?')}); held out: "
+                     f"{ho.get('input_layer')} → {ho.get('target_layer')}, "
+                     f"AOI `{ho.get('aoi')}`, {ho.get('count')} tiles at z{ho.get('zoom')} "
+                     f"({float(ho.get('metres_per_px', 0)):.3f} m per pixel)"
+                     + (", input SYNTHETIC (film emulation)" if ho.get("synthetic_input") else "")
+                     + (f". {ho['note']}" if ho.get("note") else "."))
     return lines
 
 
@@ -255,21 +374,25 @@ def bar_charts(entries: Sequence[Entry], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    for metric in CHART_METRICS:
-        rows = [(e, _value(e, metric)) for e in entries if _value(e, metric) is not None]
+    for area, metric in CHART_METRICS:
+        rows = [(e, v, e.interval(area, metric)) for e in entries
+                if (v := e.value(area, metric)) is not None]
         if not rows:
             continue
         rows.sort(key=lambda r: (r[0].dataset, r[1]))
-        fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+        fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.2))
         colours = ["#999999" if e.kind == "baseline" else ("#c0504d" if e.synthetic else "#4f81bd")
-                   for e, _ in rows]
-        ax.barh([f"{e.dataset}: {e.name}" for e, _ in rows], [v for _, v in rows], color=colours)
+                   for e, _, _ in rows]
+        values = [v for _, v, _ in rows]
+        errors = np.array([[v - ci[0], ci[1] - v] if ci else [0.0, 0.0] for _, v, ci in rows]).T
+        ax.barh([f"{e.dataset}: {e.name}" for e, _, _ in rows], values, color=colours,
+                xerr=np.clip(errors, 0, None), ecolor="black", capsize=2)
         ax.invert_yaxis()
-        ax.set_xlabel(metric + ("" if metric in ("ssim",) else " (lower is better)"))
-        ax.set_title(f"{metric} per ablation (test split; red: synthetic historic input, grey: baselines)",
-                     fontsize=9)
+        ax.set_xlabel(f"{metric} (lower is better; 95% bootstrap interval)")
+        ax.set_title(f"{metric}, {'test split' if area == 'test' else 'held-out area'} (red: SYNTHETIC "
+                     "historic input, grey: baselines)", fontsize=9)
         fig.tight_layout()
-        path = out_dir / f"bar_{metric}.png"
+        path = out_dir / f"bar_{area}_{metric}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
         paths.append(path)
@@ -319,44 +442,82 @@ def training_curves(names: Sequence[str], out_dir: Path, runs_dir: Path = RUNS_D
 
 
 # --------------------------------------------------------------------------- the stage
+def _provenance_lines(entries: Sequence[Entry]) -> list[str]:
+    extractors: dict[str, Any] = next(
+        (e.record["extractors"] for e in entries if e.record.get("extractors")), {})
+    fid = extractors.get("inception_v3_fid", {})
+    lines = []
+    if fid:
+        hashes = ", ".join(f"{k} `{fid[k]}`" for k in ("sha1", "sha256") if fid.get(k))
+        lines.append(f"FID and KID: the 2015-12-05 TensorFlow Inception v3 (pool3, 2048-d), weights from "
+                     f"{fid.get('source', '?')}, file `{fid.get('file', '?')}` ({hashes}); "
+                     f"{fid.get('resize', '')}.")
+    if entries and not any(e.value("test", "is_max") is not None for e in entries):
+        lines.append("Inception Score is not shown: the offline FID weights are the Inception trunk "
+                     "without its 1008-way classifier. With pytorch-fid's `pt_inception-2015-12-05-"
+                     "6726825d.pth` in place (README, 'FID weights') the report gains `IS max` / `IS mean`; "
+                     "here the EfficientNet-Lite0 classifier's IS is shown under its own name (IS-EffNet), "
+                     "which is not comparable with published Inception Scores.")
+    return lines
+
+
 def summary_markdown(params: Any, entries: Sequence[Entry], missing: Sequence[str],
                      figures: Sequence[Path]) -> str:
-    metric = primary_metric([e for e in entries if e.kind == "model"])
+    models = [e for e in entries if e.kind == "model"]
+    boot: dict[str, Any] = next((e.record["bootstrap"] for e in entries if e.record.get("bootstrap")), {})
     lines = ["# Luminescence: results", "",
              f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m pipeline.stages.report` "
-             f"from metrics/*.json (training preset `{params.train.preset if params.train else '?'}`).",
+             "from reports/evaluation/*.json (training preset "
+             f"`{params.train.preset if params.train else '?'}`).",
              ""]
     if any(e.synthetic for e in entries):
         lines += ["> **The `historic` input of the bundled sample is SYNTHETIC**: a film emulation of "
-                  "the 2011 NYSDOP photo (`erie_2011_film`), not a real historic photograph. Results "
-                  "on it test the pipeline, not the study's claims about real old photos.", ""]
-    if all(e.metrics.get("fid") is None for e in entries):
-        lines += ["> FID / IS / KID (Inception) are absent: the pytorch-fid Inception weights were not "
-                  "found (see README, 'FID weights'). The EfficientNet-Lite0 columns are the offline "
-                  "stand-ins and are NOT comparable with published FIDs.", ""]
-    ns = sorted({e.n for e in entries})
-    lines += [f"Test-set sizes N: {', '.join(map(str, ns))}. Fréchet distances and IS are biased at "
-              "small N; compare only at equal N (KID is the fairer one). ↓ lower is better, ↑ higher.", ""]
+                  "the 2011 NYSDOP photo (`erie_2011_film`; held out: `columbia_2010_film`), not a real "
+                  "historic photograph. Results on it test the pipeline, not the study's claims about "
+                  "real old photos.", ""]
+    lines += [*_provenance_lines(entries), ""]
+    ns = sorted({f"{k} {a['n']}" for e in entries for k, a in e.record.get("areas", {}).items()})
+    targets = sorted({f"{k} {a['values']['colourfulness_target']:.2f}" for e in entries
+                      for k, a in e.record.get("areas", {}).items()
+                      if isinstance(a["values"].get("colourfulness_target"), float)})
+    lines += [f"Tiles scored (N): {', '.join(ns)}. Every number is followed by its "
+              f"{float(boot.get('confidence', 0.95)):.0%} interval from a seeded bootstrap over tiles "
+              f"({boot.get('samples', '?')} resamples, seed {boot.get('seed', '?')}; FID and KID: the "
+              "replicates' spread centred on the value, the rest: percentile; docs/metrics.md). FID is "
+              "biased upwards at small N: compare it only at equal N, never with published FIDs. "
+              "↓ lower is better, ↑ higher; colourfulness: closer to the targets' is better "
+              f"(targets: {', '.join(targets) or '—'}).", ""]
     baselines = [e for e in entries if e.kind == "baseline"]
     by_family: dict[str, list[Entry]] = {}
-    for e in entries:
-        if e.kind == "model":
-            by_family.setdefault(FAMILIES.get(e.model or "", e.model or "?"), []).append(e)
+    for e in models:
+        by_family.setdefault(FAMILIES.get(e.model or "", e.model or "?"), []).append(e)
+    lines += ["## Test split (the training area's held-back blocks)", ""]
     for family, members in by_family.items():
         datasets = {m.dataset for m in members}
         floor = [b for b in baselines if b.dataset in datasets]
-        lines += [f"## {family}", "", *table(members + floor), ""]
+        lines += [f"### {family}", "", *table(members + floor, "test"), ""]
+    if any(e.area("heldout") for e in entries):
+        lines += ["## Held-out area (never used for training or model selection)", "",
+                  "What differs from the training area:", "", *heldout_description(entries), "",
+                  *table([e for e in entries if e.area("heldout")], "heldout"), ""]
     if baselines:
-        lines += ["## Baselines", "", *table(baselines), ""]
-    lines += ["## What this run reproduces of the study's conclusions", "",
-              f"Each line compares ablations that differ only in the factor named, on `{metric}` "
-              "(lower is better). Small test sets and the short CPU training budget make single "
-              "differences noisy: read them as a check of the pipeline, not as evidence.", ""]
-    found = conclusions(entries, metric)
+        lines += ["## Baselines a model must beat", "",
+                  "`input`: the gray input itself; `lut`: the mean a\\*b\\* of the train split's pixels "
+                  "per L\\* bin (colour as a function of lightness alone); `transfer`: the train split's "
+                  "Lab mean and std (one global colour); `layer`: another photo's real colours. A GAN that "
+                  "cannot beat the look-up has learnt no semantics.", "", *table(baselines, "test"), "",
+                  *baseline_matrix(entries, "test"), *baseline_matrix(entries, "heldout")]
+    lines += ["## The study's claims, re-tested on this run", "",
+              "Each row compares two ablations that differ only in the factor named, scored on the same "
+              "tiles: the difference treatment − control of FID and of ΔE00 (lower is better for both) "
+              "with its paired bootstrap interval. **yes**: the treatment is better beyond the interval; "
+              "**no**: it is worse beyond it; **inconclusive**: the interval covers 0. The verdicts are "
+              "this run's (short CPU training, one seed), not the study's.", ""]
+    found = conclusions(entries)
     lines += found or ["- (no comparable ablation pairs in params.yaml)"]
     lines.append("")
     if missing:
-        lines += ["## Not yet scored", "", *[f"- {m}: no metrics file (run its evaluate stage)"
+        lines += ["## Not yet scored", "", *[f"- {m}: no evaluation record (run its evaluate stage)"
                                              for m in missing], ""]
     if figures:
         lines += ["## Figures", ""]
@@ -365,11 +526,11 @@ def summary_markdown(params: Any, entries: Sequence[Entry], missing: Sequence[st
     return "\n".join(lines)
 
 
-def write_report(params: Any, *, metrics_dir: Path = METRICS_DIR, runs_dir: Path = RUNS_DIR,
+def write_report(params: Any, *, details_dir: Path = DETAILS_DIR, runs_dir: Path = RUNS_DIR,
                  out_dir: Path = REPORTS_DIR) -> Path:
-    entries, missing = load_entries(params, metrics_dir)
+    entries, missing = load_entries(params, details_dir)
     if not entries:
-        raise ReportError(f"no metric files in {metrics_dir} for the ablations in params.yaml; run "
+        raise ReportError(f"no evaluation records in {details_dir} for the ablations in params.yaml; run "
                           f"the evaluate stages first (dvc repro)")
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

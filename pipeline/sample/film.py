@@ -1,7 +1,8 @@
 """SYNTHETIC "historic" film emulation: colour orthophoto -> grayscale aerial-film look.
 
-No real pre-1990 photograph of the sample areas exists, so the historic stand-in layer
-`erie_2011_film` is derived from the 2011 colour orthophoto by the explicit, deterministic
+No real pre-1990 photograph of the sample areas exists, so the historic stand-in layers
+`<source>_film` (`erie_2011_film` for training, `columbia_2010_film` for the held-out area)
+are derived from colour orthophotos (`sample.film.source_layers`) by the explicit, deterministic
 steps below (parameters: `sample.film` in params.yaml, `pipeline.core.config.FilmConfig`).
 The result is labelled SYNTHETIC wherever it appears (GeoTIFF tags, WMTS layer title).
 
@@ -28,8 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,8 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline.core.config import FilmConfig, SampleConfig
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import replacing, sha256_of_file
+from pipeline.core.outputs import TIFF, Output, check_outputs
 
 # Bump when the emulation changes in a way that alters pixels: forces a rebuild.
 FILM_ALGORITHM_VERSION = 1
@@ -227,26 +228,28 @@ def metres_per_unit(crs: CRS) -> float:
     return float(crs.linear_units_factor[1])
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _emulation_params(cfg: FilmConfig) -> dict[str, object]:
+    """The parameters that change a film layer's pixels (not the list of layers to make)."""
+    return cfg.model_dump(mode="json", exclude={"source_layers"})
 
 
 def film_hash(cfg: FilmConfig, sources: Sequence[Path]) -> str:
     """Identity of a film layer: parameters, algorithm version and source file contents."""
     payload = {
         "version": FILM_ALGORITHM_VERSION,
-        "params": cfg.model_dump(mode="json"),
-        "sources": [[p.name, _file_digest(p)] for p in sources],
+        "params": _emulation_params(cfg),
+        "sources": [[p.name, sha256_of_file(p)] for p in sources],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def film_path(sample: SampleConfig) -> Path:
-    return Path(sample.derived_dir) / f"{sample.film.source_layer}_film.tif"
+def film_layer_id(source_layer: str) -> str:
+    return f"{source_layer}_film"
+
+
+def film_path(sample: SampleConfig, source_layer: str | None = None) -> Path:
+    layer = source_layer or sample.film.source_layers[0]
+    return Path(sample.derived_dir) / f"{film_layer_id(layer)}.tif"
 
 
 def _existing_hash(path: Path) -> str | None:
@@ -257,18 +260,22 @@ def _existing_hash(path: Path) -> str | None:
         return None
 
 
-def build_film_layer(sample: SampleConfig, out: Path | None = None, *, force: bool = False) -> Path:
-    """Write (or reuse) the SYNTHETIC film GeoTIFF of `sample.film.source_layer`; return its path."""
+def build_film_layer(sample: SampleConfig, out: Path | None = None, *, force: bool = False,
+                     source_layer: str | None = None) -> Path:
+    """Write (or reuse) the SYNTHETIC film GeoTIFF of one source layer (default: the first of
+    `sample.film.source_layers`); return its path."""
     cfg = sample.film
-    sources = raster_files(Path(sample.data_dir) / cfg.source_layer)
-    out = Path(out) if out is not None else film_path(sample)
+    layer = source_layer or cfg.source_layers[0]
+    sources = raster_files(Path(sample.data_dir) / layer)
+    out = Path(out) if out is not None else film_path(sample, layer)
+    check_outputs([Output("--out", out, TIFF)], {"a source raster": sources})
     digest = film_hash(cfg, sources)
     if not force and out.exists() and _existing_hash(out) == digest:
         return out
     mosaic = read_mosaic(sources, _film_bands(sources[0]))
     gray = emulate_film(mosaic.data, cfg, transform=mosaic.transform,
                         metres_per_unit=metres_per_unit(mosaic.crs), valid=mosaic.valid)
-    _write_film_tif(out, gray, mosaic, cfg, digest, sources)
+    _write_film_tif(out, gray, mosaic, cfg, digest, sources, layer)
     return out
 
 
@@ -288,16 +295,16 @@ def _overview_factors(width: int, height: int, smallest: int = 256) -> list[int]
 
 
 def _write_film_tif(out: Path, gray: np.ndarray, mosaic: Mosaic, cfg: FilmConfig, digest: str,
-                    sources: Sequence[Path]) -> None:
+                    sources: Sequence[Path], source_layer: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    note = SYNTHETIC_NOTE.format(src=cfg.source_layer)
+    note = SYNTHETIC_NOTE.format(src=source_layer)
     tags = {
         "SYNTHETIC": "YES",
         "LUMINESCENCE_PRODUCT": note,
         "LUMINESCENCE_FILM_METHOD": "panchromatic band weighting, Gaussian lens/scan blur, cos^4 "
         "vignetting per photo frame, tanh S-curve + gamma, seeded Gaussian film grain "
         f"(pipeline/sample/film.py, algorithm version {FILM_ALGORITHM_VERSION})",
-        "LUMINESCENCE_FILM_PARAMS": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+        "LUMINESCENCE_FILM_PARAMS": json.dumps(_emulation_params(cfg), sort_keys=True),
         "LUMINESCENCE_FILM_HASH": digest,
         "LUMINESCENCE_FILM_SOURCES": ", ".join(p.name for p in sources),
         "LUMINESCENCE_ATTRIBUTION": "Derived (synthetically) from orthoimagery of the New York State "
@@ -310,16 +317,9 @@ def _write_film_tif(out: Path, gray: np.ndarray, mosaic: Mosaic, cfg: FilmConfig
         "crs": mosaic.crs, "transform": mosaic.transform, "tiled": True,
         "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 2,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(gray, 1)
-            dst.write_mask(np.where(mosaic.valid, 255, 0).astype(np.uint8))
-            dst.update_tags(**tags)
-            dst.build_overviews(_overview_factors(w, h), Resampling.average)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared like any other file
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (replacing(out) as tmp, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+          rasterio.open(tmp, "w", **profile) as dst):
+        dst.write(gray, 1)
+        dst.write_mask(np.where(mosaic.valid, 255, 0).astype(np.uint8))
+        dst.update_tags(**tags)
+        dst.build_overviews(_overview_factors(w, h), Resampling.average)

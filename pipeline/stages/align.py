@@ -1,22 +1,5 @@
-"""The align stage: `python -m pipeline.stages.align DATASET` builds data/datasets/<DATASET>/.
-
-For the dataset's entry in params.yaml `datasets:` it reads the target (modern colour) tile
-store and, for input `historic`, the historic store; pairs tiles on the target's grid
-(pipeline.datasets.pairing), estimates and applies each pair's misregistration
-(pipeline.geo.registration), splits by spatial blocks (pipeline.datasets.splits) and writes:
-
-- train.npy / val.npy / test.npy (N, 256, 256, 4) uint8: channel 0 input grey, 1-3 target
-  RGB (pipeline.datasets.storage), and dataset.json;
-- manifest.csv: one row per stored pair (split, index, tile, bounds, offset, sources);
-- aligned/{train,val,test}/<z>_<x>_<y>.png (pix2pix A|B, 256x512) and
-  unpaired/{train,val,test}{A,B}/ (CycleGAN-style folders), unless align.export_layouts is false;
-- figures/offsets.png, figures/split_map.png, figures/contact_sheet.png;
-- summary.json: counts, drop reasons, luma formula, offset statistics, layers, synthetic flag.
-
-Everything is written into a hidden temporary folder beside the dataset, dataset.json last,
-and the folder is renamed into place at the end: a killed run never leaves a dataset that
-looks complete, and the previous dataset stays until the new one is whole.
-"""
+"""Command line of the align stage: `luminescence align DATASET` builds data/datasets/<DATASET>/
+(what it pairs, registers, splits and writes: pipeline.datasets.build)."""
 
 from __future__ import annotations
 
@@ -33,7 +16,7 @@ from pipeline.datasets.build import build_dataset
 # --------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.align",
+        prog="luminescence align",
         description="Pair, register and split the tiles of one dataset of params.yaml `datasets:` "
                     "into data/datasets/<DATASET>/ (the DVC stage align@DATASET).")
     parser.add_argument("dataset", help="a key of params.yaml `datasets:` (e.g. gray, historic)")

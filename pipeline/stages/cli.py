@@ -16,14 +16,15 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line purpose); the modules are imported only when chosen
 COMMANDS: dict[str, tuple[str, str]] = {
-    "film": ("pipeline.stages.film", "make the SYNTHETIC film layer of the bundled sample"),
+    "film": ("pipeline.stages.film", "make the SYNTHETIC film layers of the bundled sample"),
     "fetch": ("pipeline.stages.fetch", "list a WMTS's layers, harvest an AOI, or run a fetch stage"),
     "align": ("pipeline.stages.align", "pair, register and split one dataset of params.yaml"),
     "train": ("pipeline.stages.train", "train one ablation of params.yaml"),
-    "evaluate": ("pipeline.stages.evaluate", "score an ablation (or a baseline) on its test split"),
+    "evaluate": ("pipeline.stages.evaluate", "score an ablation or baseline: test split and held-out area"),
     "report": ("pipeline.stages.report", "write reports/summary.md and its figures"),
     "colourise": ("pipeline.stages.colourise", "colourise a tile store with a trained model"),
     "serve": ("pipeline.stages.serve", "serve the bundled sample as a loopback WMTS"),
+    "app": ("pipeline.stages.app", "the web app: historic layers colourised live on a map"),
     "aoi": ("pipeline.stages.aoi", "describe an area of interest (bounds, tile counts per zoom)"),
 }
 

@@ -1,16 +1,9 @@
-"""Colourise a harvested area with a trained model, without seams between tiles.
+"""Command line of the colourise stage (how tiles are colourised without seams:
+pipeline.inference.colourise).
 
-    python -m pipeline.stages.colourise --model runs/ABLATION/model.pt --store AREA.mbtiles \\
+    luminescence colourise --model runs/ABLATION/model.pt --store AREA.mbtiles \\
         --out AREA_colour.mbtiles [--geotiff AREA_colour.tif] [--preview AREA.png]
-
-The input is any tile store (a fetch stage's output, or `python -m pipeline.stages.fetch harvest`
-for a new area). Each tile is colourised inside a larger window made of its neighbours
-(`--margin` pixels on every side) and only the centre is kept: the generator sees the
-same context across a tile edge from both sides, so the mosaic shows no tile seams (the
-reference implementations colourise tiles one by one, and their zero padding shows).
-Colour input tiles (a modern layer) are converted to gray with the align stage's luma
-first, and the output says so. Output tiles keep the input's transparency and its
-z/x/y, so the GeoTIFF mosaic carries EPSG:3857 and the exact tile bounds.
+    luminescence colourise --stage      # what dvc.yaml runs: params.yaml `colourise`
 """
 
 from __future__ import annotations
@@ -19,16 +12,27 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.core.cpu import CpuPolicy
 from pipeline.core.errors import cli_entry
 from pipeline.inference.colourise import ColouriseError, run
 
 
+def _count(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.colourise",
+        prog="luminescence colourise",
         description="Colourise every tile of a tile store (MBTiles) with a trained model, seamlessly, "
                     "into a new MBTiles (and optionally a GeoTIFF mosaic and a preview PNG).",
-        epilog="A new area: first `python -m pipeline.stages.fetch harvest ... --out AREA.mbtiles`.")
+        epilog="A new area: first `luminescence fetch harvest ... --out AREA.mbtiles`.")
     parser.add_argument("--stage", action="store_true",
                         help="the dvc.yaml stage: model, store and margin from params.yaml `colourise`, "
                              "outputs in data/colourised/ and reports/colourised/")
@@ -37,13 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output tile store (.mbtiles)")
     parser.add_argument("--geotiff", type=Path, default=None, help="also write a GeoTIFF mosaic")
     parser.add_argument("--preview", type=Path, default=None, help="also write a preview PNG")
-    parser.add_argument("--margin", type=int, default=None,
+    parser.add_argument("--margin", type=lambda t: _count(t, 0), default=None,
                         help="context pixels around each tile (default: the smallest >= 32 that fits the "
                              "generator)")
-    parser.add_argument("--luma", choices=["rec601", "rec709"], default="rec601",
-                        help="gray conversion for colour input tiles (default rec601, as align)")
+    parser.add_argument("--luma", choices=["rec601", "rec709"], default=None,
+                        help="gray conversion for colour input tiles (default: rec601; with --stage, "
+                             "params.yaml align.luma, the one the models were trained on)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=lambda t: _count(t, 1), default=4,
+                        help="tiles per model call (default 4)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -52,13 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    cpu = CpuPolicy.start()  # before torch loads (pipeline/core/cpu.py)
     if args.stage:
         from pipeline.core.config import load_params
         from pipeline.core.paths import COLOURISED_DIR, REPORTS_DIR, RUNS_DIR, store_path
 
-        cfg = load_params().colourise
+        params = load_params()
+        cfg = params.colourise
         if cfg is None:
             raise ColouriseError("params.yaml has no `colourise` section (ablation, store)")
+        # The models saw gray made with align.luma: a colour input must be converted the same way.
+        if args.luma is not None and args.luma != params.align.luma:
+            raise ColouriseError(f"--luma {args.luma} differs from params.yaml align.luma "
+                                 f"({params.align.luma}), which the models were trained on; drop --luma")
+        args.luma = params.align.luma
         args.model = RUNS_DIR / cfg.ablation / "model.pt"
         args.store = store_path(cfg.store)
         args.out = COLOURISED_DIR / f"{cfg.store}.mbtiles"
@@ -68,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out.unlink(missing_ok=True)  # a stage re-run starts over (model or area changed)
     elif not (args.model and args.store and args.out):
         parser.error("--model, --store and --out are required (or --stage)")
+    threads = cpu.apply()
+    if threads.source != "kept":
+        print(threads.describe(), file=sys.stderr)
     print(run(args.model, args.store, args.out, geotiff=args.geotiff, preview=args.preview,
-              margin=args.margin, luma=args.luma, device_name=args.device, batch_size=args.batch_size,
-              progress=not args.no_progress))
+              margin=args.margin, luma=args.luma or "rec601", device_name=args.device,
+              batch_size=args.batch_size, progress=not args.no_progress))
     return 0
 
 

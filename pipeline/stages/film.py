@@ -16,22 +16,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.core.config import PARAMS_FILE, load_params
 
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.sample.film",
-        description="Build the SYNTHETIC 'historic' film layer (a grayscale film emulation of "
-        "sample.film.source_layer, parameters from params.yaml sample.film). It is not a real "
-        "historic photograph. Rebuilt only when the parameters or the source rasters change.")
+        prog="luminescence film",
+        description="Build the SYNTHETIC 'historic' film layers (grayscale film emulations of each of "
+        "sample.film.source_layers, parameters from params.yaml sample.film). They are not real "
+        "historic photographs. Each is rebuilt only when the parameters or its source rasters change.")
     parser.add_argument("--out", type=Path, default=None,
-                        help="GeoTIFF to write (default: <sample.derived_dir>/<source_layer>_film.tif)")
+                        help="GeoTIFF to write, with --layer (default: <derived_dir>/<layer>_film.tif)")
+    parser.add_argument("--layer", default=None,
+                        help="build only this source layer (default: every one of sample.film.source_layers)")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the file is up to date")
     args = parser.parse_args(argv)
     sample = load_params(args.params).sample
-    target = args.out or film_path(sample)
-    before = _existing_hash(target) if target.exists() else None
-    path = build_film_layer(sample, args.out, force=args.force)
-    after = _existing_hash(path)
-    state = "up to date" if before == after and not args.force else "wrote"
-    print(f"{state}: {path} ({SYNTHETIC_NOTE.format(src=sample.film.source_layer)}; params hash {after})")
+    if args.out is not None and args.layer is None and len(sample.film.source_layers) > 1:
+        parser.error("--out needs --layer (sample.film.source_layers names several layers)")
+    for layer in [args.layer] if args.layer else sample.film.source_layers:
+        target = args.out or film_path(sample, layer)
+        before = _existing_hash(target) if target.exists() else None
+        path = build_film_layer(sample, args.out, force=args.force, source_layer=layer)
+        after = _existing_hash(path)
+        state = "up to date" if before == after and not args.force else "wrote"
+        print(f"{state}: {path} ({SYNTHETIC_NOTE.format(src=layer)}; params hash {after})")
     return 0
 
 

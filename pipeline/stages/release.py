@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=RELEASE_DIR, metavar="DIR",
                         help=f"output folder (default: {RELEASE_DIR})")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE")
+    parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                        help="stop training after M minutes of wall time (validates once more and keeps the "
+                             "best validated weights; the model card says where it stopped)")
+    parser.add_argument("--score-only", action="store_true",
+                        help="do not train: score the model already in --out and rewrite its metrics, curves "
+                             "and model card")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -37,9 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.core.config import load_params
-    from pipeline.results.release_card import run_release, summary_line
+    from pipeline.results.release_card import run_release, score_release, summary_line
 
-    record = run_release(load_params(args.params), args.out, steps=args.steps, progress=not args.no_progress)
+    params = load_params(args.params)
+    if args.score_only:
+        record = score_release(params, args.out)
+    else:
+        record = run_release(params, args.out, steps=args.steps, progress=not args.no_progress,
+                             max_minutes=args.max_minutes)
     print(summary_line(record))
     return 0
 

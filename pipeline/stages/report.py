@@ -1,13 +1,9 @@
-"""Report stage: reports/summary.md with the study's tables, charts and conclusions.
+"""Command line of the report stage, `luminescence report`: reports/summary.md with the study's
+tables, intervals, baselines and verdicts, and reports/figures/ (pipeline.results.report).
 
-Reads the metric files of the ablations and baselines that params.yaml defines NOW
-(metric files of removed ablations may linger on disk; they are ignored), the training
-curves logged by DVCLive, and writes:
-- reports/summary.md: one table per model family (input x variant -> FID, IS max, IS
-  mean, KID, their EfficientNet-Lite0 counterparts, ΔE2000, PSNR, SSIM, colourfulness),
-  the baselines, and "what this run reproduces of the study's conclusions", computed
-  from the numbers;
-- reports/figures/*.png: bar charts per metric and training curves (DVC plots).
+It reads the evaluation records (reports/evaluation/<name>.json and .npz) of the ablations and
+baselines that params.yaml defines NOW (records of removed ablations may linger on disk; they
+are ignored) and the training curves logged by DVCLive.
 """
 
 from __future__ import annotations
@@ -22,9 +18,10 @@ from pipeline.results.report import load_entries, write_report
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.report",
-        description="Write reports/summary.md (tables, conclusions) and reports/figures/*.png from "
-                    "the metric files of the ablations and baselines in params.yaml.")
+        prog="luminescence report",
+        description="Write reports/summary.md (tables with intervals, held-out area, baselines, "
+                    "verdicts on the study's claims) and reports/figures/*.png from the evaluation "
+                    "records of the ablations and baselines in params.yaml.")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE")
     return parser
 

@@ -1,4 +1,4 @@
-"""Run the sample WMTS standalone: `python -m pipeline.stages.serve [--port 8080] [--faults ...]`.
+"""Run the sample WMTS standalone: `luminescence serve [--port 8080] [--faults ...]`.
 
 Serves the bundled NYSDOP sample and the SYNTHETIC film layer (params.yaml `sample`) on
 127.0.0.1 until Ctrl-C, and prints the capabilities URL to paste into QGIS
@@ -8,7 +8,6 @@ Serves the bundled NYSDOP sample and the SYNTHETIC film layer (params.yaml `samp
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -16,33 +15,15 @@ from pathlib import Path
 
 from pipeline.core.config import PARAMS_FILE, load_params
 from pipeline.core.errors import LuminescenceError, cli_entry
-from pipeline.server.wmts import MATRIX_SET, FaultPlan, serve_sample
-
-_FAULT_FIELDS = {f.name for f in dataclasses.fields(FaultPlan)}
-_INT_FIELDS = ("faults_per_tile", "seed", "retry_after_s")
-
-
-def parse_faults(text: str) -> FaultPlan:
-    """'error=0.1,throttle=0.05,latency_s=0.05,seed=3' -> FaultPlan (`_rate` may be left off)."""
-    values: dict[str, float | int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        name = key if key in _FAULT_FIELDS else f"{key}_rate"
-        if not sep or name not in _FAULT_FIELDS:
-            known = ", ".join(sorted(_FAULT_FIELDS))
-            raise LuminescenceError(f"--faults: '{item}' is not NAME=VALUE with NAME among {known}")
-        try:
-            values[name] = int(value) if name in _INT_FIELDS else float(value)
-        except ValueError:
-            raise LuminescenceError(f"--faults: '{item}': {value!r} is not a number") from None
-    return FaultPlan(**values)
+from pipeline.server.bundled import serve_sample
+from pipeline.server.faults import parse_faults
+from pipeline.server.layers import MATRIX_SET
 
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.serve",
+        prog="luminescence serve",
         description="Serve the bundled sample imagery as an OGC WMTS on 127.0.0.1 until Ctrl-C. "
         "Paste the printed capabilities URL into QGIS (Layer > Add Layer > Add WMS/WMTS Layer) "
         "or a browser. The erie_2011_film layer is SYNTHETIC (a film emulation), not a real "

@@ -1,4 +1,4 @@
-"""Train one ablation: `python -m pipeline.stages.train ABLATION` (the dvc.yaml `train` stage).
+"""Train one ablation: `luminescence train ABLATION` (the dvc.yaml `train` stage).
 
 Writes runs/<ablation>/checkpoint.pt, dvclive/, samples/ and options.json. An existing
 checkpoint of the same configuration is resumed; a finished one makes this a no-op; a
@@ -12,14 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.core.cpu import CpuPolicy
 from pipeline.core.errors import cli_entry
 
-# torch is imported only after the arguments are parsed, so --help and usage errors are instant.
+# torch is imported only after the arguments are parsed, so --help and usage errors are instant,
+# and after CpuPolicy.start, which must run before OpenMP loads (pipeline/core/cpu.py).
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.train",
+        prog="luminescence train",
         description="Train one ablation of params.yaml (a GAN colouriser) with checkpoints, "
                     "validation samples and DVCLive logs; resumes automatically.",
         epilog="Multi-GPU: torchrun --nproc_per_node 4 -m pipeline.stages.train ABLATION",
@@ -52,17 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cpu = CpuPolicy.start()
     from pipeline.core.config import load_params
+    from pipeline.core.outputs import FOLDER, Output, check_outputs
     from pipeline.core.paths import DATASETS_DIR
     from pipeline.training.devices import distributed_from_env
-    from pipeline.training.loop import plan_run, summary_line, train
+    from pipeline.training.loop import summary_line, train
+    from pipeline.training.plan import plan_run
 
     params = load_params(args.params)
     plan = plan_run(args.ablation, params, out_dir=args.out, steps=args.steps,
                     datasets_dir=args.datasets or DATASETS_DIR)
+    check_outputs([Output("--out", plan.out_dir, FOLDER)],
+                  {"the dataset": [plan.dataset_dir], "--params": [args.params]})
+    threads = cpu.apply()
+    if distributed_from_env().is_main and threads.source != "kept":
+        print(threads.describe(), file=sys.stderr)
     resume = args.resume
     if args.resume_interrupted_only:
-        from pipeline.training.loop import resume_decision
+        from pipeline.training.resume import resume_decision
 
         resume, why = resume_decision(plan)
         if why and distributed_from_env().is_main:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import random
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import LuminescenceError
+from pipeline.core.files import replacing
 
 FORMAT = "luminescence-train-checkpoint"
 MODEL_FORMAT = "luminescence-model"  # runs/<ablation>/model.pt: trained networks only
@@ -97,7 +97,7 @@ def weights_digest(nets: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- RNG state
 def capture_rng(device: torch.device) -> dict[str, Any]:
     """Every global generator's state, as tensors and plain types (weights_only-safe)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -169,46 +169,19 @@ def save_atomic(path: Path, obj: dict[str, Any]) -> None:
     A crash (even SIGKILL) at any moment leaves either the previous file or the new
     one, never a half-written file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _default_file_mode())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def _default_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def remove_stale_temp_files(path: Path) -> None:
-    """Delete temporary files left by a save that was killed before its rename."""
-    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    with replacing(path, durable=True) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _unreadable(path: Path, reason: str) -> CheckpointError:
     return CheckpointError(f"{path} is not a usable training checkpoint ({reason}); delete it to "
                            f"train from scratch (rm {path}) or pass --no-resume")
+
+
+def _unusable_model(path: Path, reason: str) -> CheckpointError:
+    """For the commands that only load a model (evaluate, colourise): their advice, not train's."""
+    return CheckpointError(f"{path} is not a usable model file ({reason}); train it again (dvc repro "
+                           f"train@ABLATION writes runs/ABLATION/model.pt) or use another model file")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -223,7 +196,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _load_safely(path: Path) -> dict[str, Any]:
+def _load_safely(path: Path, unreadable: Callable[[Path, str], CheckpointError] = _unreadable
+                 ) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -231,41 +205,87 @@ def _load_safely(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "GLOBAL" in text:  # a class or function reference: the way pickles run code
-            raise _unreadable(path, "it holds Python objects other than tensors and plain data, "
+            raise unreadable(path, "it holds Python objects other than tensors and plain data, "
                                     "refused because loading them could run code") from None
         detail = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation")[0]
-        raise _unreadable(path, f"corrupt: {_first_line(detail)}") from None
+        raise unreadable(path, f"corrupt: {_first_line(detail)}") from None
     except Exception as exc:  # truncated zip, random bytes, ...: torch raises many kinds
-        raise _unreadable(path, f"truncated or corrupt: {_first_line(exc)}") from None
+        raise unreadable(path, f"truncated or corrupt: {_first_line(exc)}") from None
     if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, MODEL_FORMAT):
-        raise _unreadable(path, "not a Luminescence checkpoint (a plain state dict or another "
+        raise unreadable(path, "not a Luminescence checkpoint (a plain state dict or another "
                                 "program's file?)")
     if not isinstance(obj.get("version"), int) or obj["version"] > VERSION:
-        raise _unreadable(path, f"format version {obj.get('version')!r}, this code reads up to "
+        raise unreadable(path, f"format version {obj.get('version')!r}, this code reads up to "
                                 f"{VERSION}; update the code")
     return obj
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def _first_line(detail: BaseException | str) -> str:
+    """One short line of an error or its message (the exception's type when it has none)."""
+    text = " ".join(str(detail).split()) or type(detail).__name__
     return text if len(text) <= 90 else text[:87] + "..."
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> Any:
     """A trained GANModel, networks loaded, in eval mode (for evaluation and inference),
-    from runs/<ablation>/model.pt or a training checkpoint."""
-    from models.registry import get_model_class
+    from runs/<ablation>/model.pt or a training checkpoint.
 
+    A file whose model, options or weights do not fit together is a CheckpointError in one
+    line (never pydantic's or load_state_dict's report of hundreds of keys).
+    """
+    from pydantic import ValidationError
+
+    from models.registry import get_model_class, model_names
+
+    path = Path(path)
     device = torch.device(device)
-    ckpt = _load_safely(Path(path))
+    ckpt = _load_safely(path, _unusable_model)
     missing = [k for k in _MODEL_KEYS if k not in ckpt]
     if missing:
-        raise _unreadable(Path(path), f"incomplete: missing {', '.join(missing)}")
-    cls = get_model_class(ckpt["model"])
-    model = cls(cls.Options.model_validate(ckpt["options"]), device)
-    for name, net in model.nets.items():
-        if name not in ckpt["nets"]:
-            raise _unreadable(Path(path), f"it has no network '{name}' for model {ckpt['model']}")
-        net.load_state_dict(ckpt["nets"][name])
+        raise _unusable_model(path, f"incomplete: missing {', '.join(missing)}")
+    name, options, nets = ckpt["model"], ckpt["options"], ckpt["nets"]
+    if not isinstance(name, str) or name not in model_names():
+        raise _unusable_model(path, f"it names unknown model {name!r}; this code has "
+                                    f"{', '.join(model_names())}")
+    if not isinstance(options, dict) or not isinstance(nets, dict):
+        raise _unusable_model(path, "its options or networks are not mappings")
+    cls = get_model_class(name)
+    try:
+        opts = cls.Options.model_validate(options)
+    except ValidationError as exc:
+        raise _unusable_model(path, f"invalid options for model {name}: {_validation_summary(exc)}") from None
+    model = cls(opts, device)
+    for net_name, net in model.nets.items():
+        if net_name not in nets:
+            raise _unusable_model(path, f"it has no network '{net_name}' for model {name}")
+        problem = _state_mismatch(net, nets[net_name])
+        if problem:
+            raise _unusable_model(path, f"the weights of network '{net_name}' do not match its options "
+                                        f"({problem})")
+        net.load_state_dict(nets[net_name])
     model.eval()
     return model
+
+
+def _validation_summary(exc: Any) -> str:
+    errors = exc.errors()
+    shown = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']} "
+                      f"(got {_short(e.get('input'))})" for e in errors[:2])
+    return shown + (f"; and {len(errors) - 2} more" if len(errors) > 2 else "")
+
+
+def _state_mismatch(net: torch.nn.Module, state: Any) -> str:
+    """What keeps `state` from loading into `net` (missing, unexpected or misshapen tensors), briefly;
+    "" when it fits."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "not a mapping of tensors"
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} expected"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = []
+    for what, items in (("with the wrong shape", shapes), ("missing", missing), ("unexpected", unexpected)):
+        if items:
+            parts.append(f"{len(items)} {what}, e.g. {items[0]}")
+    return "; ".join(parts)

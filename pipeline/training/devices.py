@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -79,7 +80,21 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=device.type != "cpu")
+    set_deterministic(deterministic, warn_only=device.type != "cpu")
+
+
+def set_deterministic(mode: bool, warn_only: bool = False) -> None:
+    """`torch.use_deterministic_algorithms` without importing the compiler.
+
+    torch's function also sets `torch._inductor.config.deterministic`, and importing that
+    module imports torch._inductor and torch._dynamo: 2-3 s of every stage's start-up on
+    a CPU. Nothing here is compiled, so the flag is set in ATen directly, and in the
+    inductor's configuration too when something has loaded it already.
+    """
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode  # type: ignore[attr-defined]
+    torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def seed_everything(seed: int) -> None:
@@ -133,7 +148,7 @@ def init_distributed(info: Distributed, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     # Rank 0 validates alone while the others wait at their next all-reduce.
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=60),
-                            **({"device_id": device} if device.type == "cuda" else {}))
+                            device_id=device if device.type == "cuda" else None)
 
 
 def shutdown_distributed() -> None:
@@ -141,18 +156,21 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _flat_all_reduce_mean(tensors: list[torch.Tensor]) -> None:
-    """Average tensors in place across processes with one collective."""
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat.div_(dist.get_world_size())
-    offset = 0
+def _all_reduce_mean(tensors: Iterable[torch.Tensor]) -> None:
+    """Average tensors in place across processes: one collective per dtype (a flat
+    concatenation of that dtype's tensors)."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset:offset + n].view_as(t))
-        offset += n
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(dist.get_world_size())
+        offset = 0
+        for t in group:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
 
 
 def average_gradients(params: Iterable[nn.Parameter]) -> None:
@@ -161,12 +179,7 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
     Parameters without a gradient are skipped; they are the same on every process
     because every process runs the same model code on same-shaped batches.
     """
-    grads = [p.grad for p in params if p.grad is not None]
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for g in grads:
-        by_dtype.setdefault(g.dtype, []).append(g)
-    for group in by_dtype.values():
-        _flat_all_reduce_mean(group)
+    _all_reduce_mean(p.grad for p in params if p.grad is not None)
 
 
 def average_buffers(nets: Iterable[nn.Module]) -> None:
@@ -176,12 +189,7 @@ def average_buffers(nets: Iterable[nn.Module]) -> None:
     averaging them after every step keeps all copies identical (DDP instead copies
     rank 0's; the average uses every process's data).
     """
-    buffers = [b for net in nets for b in net.buffers() if b.is_floating_point()]
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for b in buffers:
-        by_dtype.setdefault(b.dtype, []).append(b)
-    for group in by_dtype.values():
-        _flat_all_reduce_mean(group)
+    _all_reduce_mean(b for net in nets for b in net.buffers() if b.is_floating_point())
 
 
 def broadcast_state(nets: Iterable[nn.Module]) -> None:

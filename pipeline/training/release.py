@@ -114,6 +114,7 @@ class ReleaseResult:
     time_to_quality: dict[str, float | int | None]
     curves: list[dict[str, float]] = field(default_factory=list)
     encoder_sha256: str | None = None
+    stopped_early_at: int | None = None  # the step where --max-minutes stopped the run
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,11 +131,14 @@ def _snapshot(model: GANModel) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, steps: int | None = None,
-                  progress: bool = True, data: ReleaseData | None = None) -> ReleaseResult:
+                  progress: bool = True, data: ReleaseData | None = None,
+                  max_minutes: float | None = None) -> ReleaseResult:
     """Train, validate, keep the selected weights in out_dir/model.pt; returns the record.
 
     steps: total iterations instead of release.steps + release.decay_steps (keeping their
-    ratio), for short checks of the whole stage."""
+    ratio), for short checks of the whole stage. max_minutes: a wall-time cap; when it is
+    reached the run validates once more and stops early (the record says so), keeping
+    the best validated weights as usual."""
     cls, options = release_options(release)
     constant, decay = release.steps, release.decay_steps
     if steps is not None:
@@ -158,6 +162,7 @@ def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, step
     best: tuple[float, int, dict[str, Any]] | None = None
     quality: dict[str, float | int | None] = {"steps": None, "seconds": None}
     step_seconds = 0.0
+    stopped_at: int | None = None
     window: dict[str, float] = {}
     window_n = 0
     model.train()
@@ -179,7 +184,9 @@ def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, step
             window_n += 1
             bar.update(1)
             done = step + 1
-            if done % release.val_every and done != total:
+            out_of_time = (max_minutes is not None and done != total
+                           and time.perf_counter() - t_start > max_minutes * 60)
+            if done % release.val_every and done != total and not out_of_time:
                 continue
             de_clean, de_film = val.score(model, device)
             row = {"step": done, "seconds": round(time.perf_counter() - t_start, 2),
@@ -192,14 +199,18 @@ def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, step
             if quality["steps"] is None and de_clean < val.gray_delta_e_clean:
                 quality = {"steps": done, "seconds": row["seconds"]}
             if release.select == "last" or best is None or de_clean < best[0]:
-                best = (de_clean, done, _snapshot(model) if done != total else {})
+                best = (de_clean, done, _snapshot(model))
+            if out_of_time:
+                bar.write(f"release: stopping at step {done}/{total}: --max-minutes {max_minutes:g} reached",
+                          file=sys.stderr)
+                stopped_at = done
+                break
     finally:
         bar.close()
     assert best is not None
     kept_step = best[1]
-    if kept_step != total:
-        for name, net in model.nets.items():
-            net.load_state_dict(best[2][name])
+    for name, net in model.nets.items():
+        net.load_state_dict(best[2][name])
     kept = next(r for r in curves if r["step"] == kept_step)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_model_file(out_dir / "model.pt", {
@@ -225,4 +236,5 @@ def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, step
              "delta_e2000_film": kept["val_delta_e2000_film"],
              "gray_delta_e2000_clean": val.gray_delta_e_clean,
              "gray_delta_e2000_film": val.gray_delta_e_film},
-        time_to_quality=quality, curves=curves, encoder_sha256=getattr(generator, "encoder_sha256", None))
+        time_to_quality=quality, curves=curves, encoder_sha256=getattr(generator, "encoder_sha256", None),
+        stopped_early_at=stopped_at)

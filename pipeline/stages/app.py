@@ -1,0 +1,66 @@
+"""The web app: `python -m pipeline.stages.app [--port 8000] [--host 127.0.0.1] [--model PATH]`.
+
+Serves the map page: each view of params.yaml `app.views` shows its historic layer colourised
+live by a model, swiped against the original and the modern photo; "download this view" gives a
+Cloud-Optimized GeoTIFF; a scanned photo can be uploaded and comes back colourised. The same
+server answers the bundled sample's WMTS requests. It listens on 127.0.0.1 unless --host says
+otherwise, and writes only under app.data_dir (default data/app).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.core.config import PARAMS_FILE, load_params
+from pipeline.core.errors import LuminescenceError, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stages.app",
+        description="Serve the web app: historic aerial photos colourised live on a map, swiped against "
+                    "the original and the modern photo (views: params.yaml app.views).")
+    parser.add_argument("--port", type=int, default=None,
+                        help="TCP port (default: app.port in params.yaml, 8000; 0 = any free port)")
+    parser.add_argument("--host", default=None,
+                        help="interface to listen on (default: app.host, 127.0.0.1 = this machine only); "
+                             "0.0.0.0 exposes the app to the network deliberately")
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="model.pt for every view (default: each view's model, else app.model)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="where the app keeps colourised tiles, exports and uploads "
+                             "(default: app.data_dir)")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    return parser
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise LuminescenceError(f"--port {args.port} is not a TCP port (0-65535)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    params = load_params(args.params)
+    if params.app is None:
+        raise LuminescenceError(f"{args.params} has no `app` section (views, model); see README.md 'Web app'")
+    from pipeline.app.serve import WebApp
+
+    print("starting the web app (the first start builds the sample's cached layers)…", flush=True)
+    web = WebApp(params, host=args.host, port=args.port, model=args.model, data_dir=args.data_dir,
+                 access_log=args.verbose)
+    for view in web.state.views.values():
+        note = f"model {view.model_path}" if view.colour else f"NO colourised layer: {view.model_error}"
+        print(f"  view {view.name}: {view.cfg.title} ({note})")
+    print(f"Luminescence web app: {web.url}  (Ctrl-C to stop)", flush=True)
+    web.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

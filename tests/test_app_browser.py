@@ -1,0 +1,114 @@
+"""The web app in a real headless browser: tiles load, the swipe moves, and the screenshot's
+pixels show a gray historic side and a coloured colourised side; an upload comes back coloured.
+
+Runs in `make test` (which installs Debian's chromium and chromium-driver when missing); skips
+with the reason only where no browser can be had.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from pipeline.app.serve import WebApp
+from tests.app_model import ZOOM, app_params, chroma, derived_dir
+from tests.browser import chroma_map, chrome, find_browser, screenshot, wait_for, wait_for_tiles
+from tests.imagery import ERIE_Z18, render_mosaic
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def web(app_model: Path, request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebApp]:
+    data = tmp_path_factory.mktemp("appdata")
+    derived = str(derived_dir(request, tmp_path_factory))
+    with WebApp(app_params(app_model, data), sample_derived_dir=derived) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[object]:
+    found = find_browser()
+    if isinstance(found, str):
+        pytest.skip(found)
+    browser = chrome(1280, 800)
+    browser.set_page_load_timeout(60)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def test_swipe_shows_gray_history_beside_estimated_colour(web: WebApp, driver, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver.get(web.url + "?view=erie")
+    tiles = wait_for_tiles(driver, timeout_s=180)
+    assert tiles >= 12  # both sides of a 1280x800 map at the view's zoom
+    left = driver.find_element(By.ID, "label-left").text
+    right = driver.find_element(By.ID, "label-right").text
+    assert "Historic" in left and "SYNTHETIC" in left
+    assert "Colourised" in right and "colours estimated by model pix2pix" in right
+    assert "Leaflet" in driver.find_element(By.CLASS_NAME, "leaflet-control-attribution").text
+    assert driver.find_elements(By.CLASS_NAME, "leaflet-control-scale-line")
+
+    # Drag the swipe's thumb from the middle to 30 % of the map's width, like a user.
+    slider = driver.find_element(By.CLASS_NAME, "leaflet-sbs-range")
+    width = slider.size["width"]
+    ActionChains(driver).move_to_element(slider).click_and_hold().move_by_offset(-int(0.2 * width), 0) \
+        .release().perform()
+    value = float(driver.execute_script("return document.querySelector('.leaflet-sbs-range').value"))
+    assert 0.25 < value < 0.35, value
+    wait_for_tiles(driver, timeout_s=120)
+    time.sleep(0.3)
+    shot = screenshot(driver)
+    path = tmp_path / "app.png"
+    Image.fromarray(shot).save(path)
+    if os.environ.get("LUMINESCENCE_SCREENSHOT"):
+        shutil.copy(path, os.environ["LUMINESCENCE_SCREENSHOT"])
+
+    rect = driver.execute_script("return document.getElementById('map').getBoundingClientRect().toJSON()")
+    divider = rect["left"] + driver.execute_script(
+        "return window.luminescence.sbs.getPosition()")
+    top, bottom = int(rect["top"] + 200), int(rect["bottom"] - 40)  # below the labels, above the attribution
+    historic = chroma_map(shot[top:bottom, int(rect["left"]) + 60:int(divider) - 30])
+    colour = chroma_map(shot[top:bottom, int(divider) + 30:int(rect["right"]) - 20])
+    assert historic.size > 50_000 and colour.size > 50_000
+    # The film layer is gray: nothing but the AOI's thin yellow outline may carry colour there.
+    assert np.median(historic) == 0 and (historic > 10).mean() < 0.02
+    assert colour.mean() > 2.0 and np.median(colour) >= 2  # the model's colours, everywhere
+
+
+def test_upload_in_the_page_returns_a_coloured_image(web: WebApp, driver, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from pipeline.geo.pixels import luma
+
+    driver.get(web.url + "?view=erie")
+    wait_for(lambda: driver.execute_script("return !!(window.luminescence && window.luminescence.view)"),
+             60, "the page")
+    gray = luma(render_mosaic("erie_2021", ZOOM, ERIE_Z18.x, ERIE_Z18.y, 1, 1)[..., :3])
+    photo = tmp_path / "scan.png"
+    Image.fromarray(gray).save(photo)
+    driver.find_element(By.ID, "upload").send_keys(str(photo))
+    wait_for(lambda: driver.execute_script(
+        "const img = document.getElementById('result-preview');"
+        "return !document.getElementById('result').hidden && img.complete && img.naturalWidth > 0"),
+        120, "the colourised upload")
+    link = driver.find_element(By.ID, "result-download").get_attribute("href")
+    assert driver.find_element(By.ID, "result-download").get_attribute("download") == "scan_colourised.png"
+    with Image.open(io.BytesIO(requests.get(link, timeout=60).content)) as img:
+        out = np.asarray(img.convert("RGBA"))
+    assert out.shape[:2] == gray.shape and chroma(out) > 1.0 and chroma(np.dstack([gray] * 3)) == 0
+    assert "COLOURISED" in driver.find_element(By.ID, "result-text").text
