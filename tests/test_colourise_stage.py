@@ -20,7 +20,7 @@ def _write_params(tmp: Path, luma: str) -> None:
         "train": {"presets": {"t": {"crop_size": 16, "load_size": 16, "width_scale": 1, "steps": 1}},
                   "preset": "t"},
         "ablations": {"m": {"model": "pix2pix", "dataset": "d"}},
-        "colourise": {"ablation": "m", "store": "area"},
+        "colourise": {"model": "runs/m/model.pt", "store": "area"},
     }
     (tmp / "params.yaml").write_text(yaml.safe_dump(data))
 

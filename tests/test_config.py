@@ -104,3 +104,13 @@ def test_app_views_are_validated(raw: dict[str, Any]) -> None:
     assert "view name '../x'" in msg
     msg = _error(raw, lambda d: d["app"]["upload"].update(max_pixels=10))
     assert "`app.upload.max_pixels`" in msg
+
+
+def test_model_files_and_trained_models_are_checked(raw: dict[str, Any]) -> None:
+    msg = _error(raw, lambda d: d["colourise"].update(model="/elsewhere/model.pt"))
+    assert "`colourise.model`" in msg and "release/model.pt" in msg
+    msg = _error(raw, lambda d: d["colourise"].update(model="../model.pt"))
+    assert "`colourise.model`" in msg
+    msg = _error(raw, lambda d: d["trained_models"]["release"].update(dataset="grey"))
+    assert "`trained_models.release.dataset`" in msg and "did you mean 'gray'" in msg
+    assert load_params().colourise.model == "release/model.pt"  # the release model by default

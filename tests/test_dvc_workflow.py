@@ -106,10 +106,6 @@ def ablations(repo: Path) -> list[str]:
     return list(params(repo)["ablations"])
 
 
-def colourise_ablation(repo: Path) -> str:
-    return params(repo)["colourise"]["ablation"]
-
-
 def test_nothing_runs_when_nothing_changed(repo: Path) -> None:
     assert would_run(repo) == set()
 
@@ -121,25 +117,26 @@ def test_adding_an_ablation_runs_only_its_stages_and_the_report(repo: Path) -> N
 
 
 def test_changing_one_ablation_reruns_only_it(repo: Path) -> None:
-    name = next(a for a in ablations(repo) if a != colourise_ablation(repo))
+    name = ablations(repo)[0]
     edit_params(repo, rf"^(  {name}: {{.*)}}$", r"\1, lambda_L1: 50}")
     assert would_run(repo) == {f"train@{name}", f"evaluate@{name}", "report"}
 
 
-def test_changing_the_colourising_ablation_also_recolourises(repo: Path) -> None:
-    name = colourise_ablation(repo)
-    edit_params(repo, rf"^(  {name}: {{.*)}}$", r"\1, lambda_L1: 50}")
-    assert would_run(repo) == {f"train@{name}", f"evaluate@{name}", "report", "colourise"}
+def test_colourising_with_an_ablation_instead_of_the_release_model(repo: Path) -> None:
+    assert params(repo)["colourise"]["model"] == "release/model.pt"
+    name = ablations(repo)[0]
+    edit_params(repo, r"^  model: release/model.pt$", f"  model: runs/{name}/model.pt")
+    assert would_run(repo) == {"colourise"}  # the ablation is up to date: nothing is retrained
 
 
 def test_changing_shared_training_defaults_reruns_every_ablation(repo: Path) -> None:
     edit_params(repo, r"^  defaults: {}", "  defaults: {lr: 0.0001}")
     expected = {f"{kind}@{a}" for a in ablations(repo) for kind in ("train", "evaluate")}
-    assert would_run(repo) == expected | {"report", "colourise"}
+    assert would_run(repo) == expected | {"report"}  # colourise uses the release model
 
 
 def test_removing_an_ablation_reruns_only_the_report(repo: Path) -> None:
-    name = next(a for a in ablations(repo) if a != colourise_ablation(repo))
+    name = ablations(repo)[0]
     edit_params(repo, rf"^  {name}: {{.*}}\n", "")
     assert would_run(repo) == {"report"}
 

@@ -34,7 +34,7 @@ def _heldout_tiles() -> dict[TileId, np.ndarray]:
     return cut_tiles(render_mosaic("erie_2021", 18, HX, ERIE_Z18.y, 3, 1), 18, HX, ERIE_Z18.y)
 
 
-def _params(tmp: Path, ablations: dict, baselines: dict | None = None) -> dict:
+def _params(tmp: Path, ablations: dict, baselines: dict | None = None, trained: dict | None = None) -> dict:
     data = {
         "sources": {"sample": {"kind": "sample"}},
         "aois": {"a": {"path": "aoi/none.shp"}},
@@ -48,7 +48,8 @@ def _params(tmp: Path, ablations: dict, baselines: dict | None = None) -> dict:
         "ablations": ablations,
         "baselines": baselines or {},
         "evaluate": {"batch_size": 4, "bootstrap_samples": 200, "z_draws": 2},
-        "colourise": {"ablation": next(iter(ablations)), "store": "erie"},
+        "colourise": {"model": f"runs/{next(iter(ablations))}/model.pt", "store": "erie"},
+        "trained_models": trained or {},
     }
     (tmp / "params.yaml").write_text(yaml.safe_dump(data))
     return data
@@ -227,6 +228,38 @@ def test_report_tables_intervals_verdicts_and_no_lingering_ablations(trained: Pa
     text = write_report(only_rgb).read_text()
     assert "p2p_lab" not in text  # its record is still on disk but the ablation is gone
     assert not (trained / "reports" / "figures" / "curves_p2p_lab.png").exists()
+
+
+def test_a_trained_model_file_is_scored_like_the_ablation_it_came_from(
+        trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`trained_models` (the release model) go through the same scoring: the very file of an
+    ablation, copied elsewhere, gets the ablation's numbers, and the report shows it next to
+    the baselines without pairing it with the ablations in the claims."""
+    import shutil
+
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.report import write_report
+
+    monkeypatch.chdir(trained)
+    (trained / "elsewhere").mkdir(exist_ok=True)
+    shutil.copy(trained / "runs" / "p2p_lab" / "model.pt", trained / "elsewhere" / "model.pt")
+    both = {k: ALL[k] for k in ("p2p_rgb", "p2p_lab")}
+    params = parse_params(_params(trained, both, {"floor": BASELINES["floor"]},
+                                  {"rel": {"file": "elsewhere/model.pt", "dataset": "real"}}))
+    ablation = evaluate("p2p_lab", params, progress=False)
+    record = evaluate("rel", params, trained=True, progress=False)
+    assert record["kind"] == "trained model" and record["model_file"] == "elsewhere/model.pt"
+    assert record["areas"]["test"]["values"] == ablation["areas"]["test"]["values"]
+    assert record["areas"]["heldout"]["values"] == ablation["areas"]["heldout"]["values"]
+    assert (trained / "metrics" / "model_rel.json").read_text() == \
+        (trained / "metrics" / "p2p_lab.json").read_text()
+    evaluate("p2p_rgb", params, progress=False)
+    evaluate("floor", params, baseline=True, progress=False)
+    text = write_report(params).read_text()
+    assert "## Trained outside the table: the release model" in text
+    assert "| rel (elsewhere/model.pt) |" in text  # in the baseline matrix
+    claims = text.split("## The study's claims")[1]
+    assert "rel (" not in claims
 
 
 def test_colourise_is_georeferenced_and_uses_neighbour_context(trained: Path,

@@ -13,10 +13,18 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.core.errors import ConfigError
 
@@ -308,10 +316,27 @@ class BaselineConfig(Strict):
         return self
 
 
-class ColouriseConfig(Strict):
-    """The `colourise` stage: a trained ablation colourises a harvested area."""
+def _model_file(v: str) -> str:
+    path = Path(v)
+    if path.is_absolute() or ".." in path.parts or path.suffix != ".pt":
+        raise ValueError(f"must be a model file inside the project, like release/model.pt or "
+                         f"runs/<ablation>/model.pt (got {v!r})")
+    return path.as_posix()
 
-    ablation: str
+
+class TrainedModelConfig(Strict):
+    """A model trained outside the ablation table (the release model), scored by the same
+    evaluate code as every ablation on `dataset`'s test split and held-out area."""
+
+    file: Annotated[str, AfterValidator(_model_file)]
+    dataset: str
+
+
+class ColouriseConfig(Strict):
+    """The `colourise` stage: a trained model colourises a harvested area."""
+
+    # release/model.pt (the release model) or runs/<ablation>/model.pt
+    model: Annotated[str, AfterValidator(_model_file)] = "release/model.pt"
     store: str  # fetch key of the tile store to colourise
     margin: int | None = Field(default=None, ge=0)  # context pixels; None: smallest that fits G
 
@@ -455,11 +480,12 @@ class Params(Strict):
     ablations: dict[str, AblationConfig] = {}
     evaluate: EvaluateConfig = EvaluateConfig()
     baselines: dict[str, BaselineConfig] = {}
+    trained_models: dict[str, TrainedModelConfig] = {}
     colourise: ColouriseConfig | None = None
     release: ReleaseConfig | None = None
     app: AppConfig | None = None
 
-    @field_validator("fetch", "datasets", "ablations", "baselines", "aois", "sources")
+    @field_validator("fetch", "datasets", "ablations", "baselines", "trained_models", "aois", "sources")
     @classmethod
     def _names_are_safe(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
@@ -486,6 +512,8 @@ class Params(Strict):
                                       "training area; a held-out area needs stores of its own")
         for key, ab in self.ablations.items():
             _check_ref(f"ablations.{key}.dataset", ab.dataset, self.datasets)
+        for key, tm in self.trained_models.items():
+            _check_ref(f"trained_models.{key}.dataset", tm.dataset, self.datasets)
         for key, bl in self.baselines.items():
             _check_ref(f"baselines.{key}.dataset", bl.dataset, self.datasets)
             if bl.layer:
@@ -493,7 +521,6 @@ class Params(Strict):
             if bl.heldout_layer:
                 _check_ref(f"baselines.{key}.heldout_layer", bl.heldout_layer, self.fetch)
         if self.colourise:
-            _check_ref("colourise.ablation", self.colourise.ablation, self.ablations)
             _check_ref("colourise.store", self.colourise.store, self.fetch)
         if self.release:
             _check_ref("release.data.val_aoi", self.release.data.val_aoi, self.aois)

@@ -204,8 +204,9 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
     from pipeline.training.devices import pick_device
 
     if not model_file.exists():
-        raise ColouriseError(f"model {model_file} not found; train one first (dvc repro train@ABLATION) "
-                             f"and pass runs/ABLATION/model.pt")
+        raise ColouriseError(f"model {model_file} not found; pass release/model.pt (the committed release "
+                             f"model: `make release` retrains it) or train an ablation (dvc repro "
+                             f"train@ABLATION) and pass runs/ABLATION/model.pt")
     # The output rule, before anything is loaded or written: no output is an input or another
     # output, none is an existing file of another kind, every one can be created.
     outputs = [Output("--out", out_path, SQLITE)]

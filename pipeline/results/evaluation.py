@@ -181,16 +181,24 @@ def layer_predictions(store_path: Path, tiles: list[tuple[int, int, int]]
 Predictor = Callable[[Area], tuple[list[np.ndarray], np.ndarray] | None]
 
 
-def model_predictor(name: str, params: Any, progress: bool) -> tuple[Predictor, dict[str, Any]]:
+def model_predictor(name: str, params: Any, progress: bool,
+                    model_file: Path | None = None) -> tuple[Predictor, dict[str, Any]]:
+    """An ablation's model (runs/<name>/model.pt), or the given model file."""
     import torch
 
     from pipeline.training.checkpoint import load_model
     from pipeline.training.devices import pick_device
 
     cfg = params.evaluate
-    model_file = RUNS_DIR / name / "model.pt"
-    if not model_file.exists():
-        raise EvaluateError(f"{model_file} is missing; train the ablation first (dvc repro train@{name})")
+    given = model_file is not None
+    if model_file is not None:
+        if not model_file.exists():
+            raise EvaluateError(f"{model_file} is missing (params.yaml `trained_models.{name}.file`); "
+                                "for the release model, check out release/ from git or run `make release`")
+    else:
+        model_file = RUNS_DIR / name / "model.pt"
+        if not model_file.exists():
+            raise EvaluateError(f"{model_file} is missing; train the ablation first (dvc repro train@{name})")
     device = pick_device(params.train.device if params.train else "auto")
     model = load_model(model_file, device)
     draws = cfg.z_draws if model.samples_latent else 1
@@ -203,10 +211,12 @@ def model_predictor(name: str, params: Any, progress: bool) -> tuple[Predictor, 
                                            progress=progress))
         return outputs, np.ones(len(area.gray), dtype=bool)
 
-    options_file = RUNS_DIR / name / "options.json"
+    options_file = model_file.parent / "options.json"
     options = json.loads(options_file.read_text()) if options_file.exists() else {}
-    extra = {"model": model.name, "preset": params.train.preset if params.train else None,
+    extra = {"model": model.name, "preset": params.train.preset if params.train and not given else None,
              "steps": options.get("steps") or options.get("total_steps"), "model_file": str(model_file)}
+    if given:  # not an ablation: its own options (e.g. the release model's options.json)
+        extra["options"] = options.get("options", {})
     if draws > 1:
         extra["latent_draws"] = draws
     return predict, extra
@@ -366,9 +376,11 @@ def summary_line(name: str, record: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- the stage
-def evaluate(name: str, params: Any, *, baseline: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Score one ablation (or baseline) on its dataset's test split and held-out area; write its
-    metric file, details, replicates and sample grid. Returns the details record."""
+def evaluate(name: str, params: Any, *, baseline: bool = False, trained: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Score one ablation (or baseline, or with `trained` a model of `trained_models` such as the
+    release model) on its dataset's test split and held-out area; write its metric file,
+    details, replicates and sample grid. Returns the details record."""
     import torch
 
     from eval.extractors import EfficientNetLite0Extractor, FeatureExtractor, fid_inception
@@ -378,13 +390,16 @@ def evaluate(name: str, params: Any, *, baseline: bool = False, progress: bool =
     torch.manual_seed(cfg.seed)
     if baseline:
         spec = lookup(params.baselines, name, "baseline", "baselines")
+    elif trained:
+        spec = lookup(params.trained_models, name, "trained model", "trained_models")
     else:
         spec = lookup(params.ablations, name, "ablation", "ablations")
     root, info, areas = load_areas(spec.dataset)
     if baseline:
         predictor, extra = baseline_predictor(spec, root)
     else:
-        predictor, extra = model_predictor(name, params, progress)
+        predictor, extra = model_predictor(name, params, progress,
+                                           model_file=Path(spec.file) if trained else None)
 
     # FID/KID (the reference Inception) everywhere; EfficientNet-Lite0 (IS-EffNet where the
     # Inception has no classifier, FD/KID-EffNet) on the test split only, to keep the stage short.
@@ -404,9 +419,9 @@ def evaluate(name: str, params: Any, *, baseline: bool = False, progress: bool =
         label = "test" if area.key == "test" else "held-out" + (" (SYNTHETIC)" if area.synthetic else "")
         grid_rows += [(label, area.gray[i], preds[i], area.targets[i]) for i in picks]
 
-    stem = f"baseline_{name}" if baseline else name
+    stem = f"baseline_{name}" if baseline else f"model_{name}" if trained else name
     record: dict[str, Any] = {
-        "kind": "baseline" if baseline else "model",
+        "kind": "baseline" if baseline else "trained model" if trained else "model",
         "name": name,
         "dataset": spec.dataset,
         "input": info.input_kind,

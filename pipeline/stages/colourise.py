@@ -1,7 +1,7 @@
 """Command line of the colourise stage (how tiles are colourised without seams:
 pipeline.inference.colourise).
 
-    luminescence colourise --model runs/ABLATION/model.pt --store AREA.mbtiles \\
+    luminescence colourise --model release/model.pt --store AREA.mbtiles \\
         --out AREA_colour.mbtiles [--geotiff AREA_colour.tif] [--preview AREA.png]
     luminescence colourise --stage      # what dvc.yaml runs: params.yaml `colourise`
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.core.cpu import CpuPolicy
 from pipeline.core.errors import cli_entry
+from pipeline.core.paths import RELEASE_DIR
 from pipeline.inference.colourise import ColouriseError, run
 
 
@@ -36,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", action="store_true",
                         help="the dvc.yaml stage: model, store and margin from params.yaml `colourise`, "
                              "outputs in data/colourised/ and reports/colourised/")
-    parser.add_argument("--model", type=Path, help="runs/ABLATION/model.pt")
+    parser.add_argument("--model", type=Path, default=RELEASE_DIR / "model.pt",
+                        help="a model file: the release model (default: %(default)s) or "
+                             "runs/ABLATION/model.pt")
     parser.add_argument("--store", type=Path, help="input tile store (.mbtiles)")
     parser.add_argument("--out", type=Path, help="output tile store (.mbtiles)")
     parser.add_argument("--geotiff", type=Path, default=None, help="also write a GeoTIFF mosaic")
@@ -61,26 +64,26 @@ def main(argv: list[str] | None = None) -> int:
     cpu = CpuPolicy.start()  # before torch loads (pipeline/core/cpu.py)
     if args.stage:
         from pipeline.core.config import load_params
-        from pipeline.core.paths import COLOURISED_DIR, REPORTS_DIR, RUNS_DIR, store_path
+        from pipeline.core.paths import COLOURISED_DIR, REPORTS_DIR, store_path
 
         params = load_params()
         cfg = params.colourise
         if cfg is None:
-            raise ColouriseError("params.yaml has no `colourise` section (ablation, store)")
+            raise ColouriseError("params.yaml has no `colourise` section (model, store)")
         # The models saw gray made with align.luma: a colour input must be converted the same way.
         if args.luma is not None and args.luma != params.align.luma:
             raise ColouriseError(f"--luma {args.luma} differs from params.yaml align.luma "
                                  f"({params.align.luma}), which the models were trained on; drop --luma")
         args.luma = params.align.luma
-        args.model = RUNS_DIR / cfg.ablation / "model.pt"
+        args.model = Path(cfg.model)
         args.store = store_path(cfg.store)
         args.out = COLOURISED_DIR / f"{cfg.store}.mbtiles"
         args.geotiff = COLOURISED_DIR / f"{cfg.store}.tif"
         args.preview = REPORTS_DIR / "colourised" / f"{cfg.store}.png"
         args.margin = cfg.margin
         args.out.unlink(missing_ok=True)  # a stage re-run starts over (model or area changed)
-    elif not (args.model and args.store and args.out):
-        parser.error("--model, --store and --out are required (or --stage)")
+    elif not (args.store and args.out):
+        parser.error("--store and --out are required (or --stage)")
     threads = cpu.apply()
     if threads.source != "kept":
         print(threads.describe(), file=sys.stderr)

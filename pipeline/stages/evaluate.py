@@ -2,6 +2,7 @@
 
     luminescence evaluate ABLATION          # a trained model  -> metrics/ABLATION.json
     luminescence evaluate --baseline NAME   # a baseline       -> metrics/baseline_NAME.json
+    luminescence evaluate --trained NAME    # e.g. the release model -> metrics/model_NAME.json
 
 Baselines go through the same scoring code as the models: `input` scores the grayscale
 input itself (the floor every colouriser must beat), `lut` and `transfer` colour it from
@@ -30,8 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "reports/evaluation/<name>.json and .npz (intervals, provenance, bootstrap "
                     "replicates) and reports/samples/<name>.png.")
     parser.add_argument("name", help="an ablation of params.yaml (or, with --baseline, a baseline)")
-    parser.add_argument("--baseline", action="store_true",
-                        help="NAME is a key of `baselines` in params.yaml")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--baseline", action="store_true",
+                      help="NAME is a key of `baselines` in params.yaml")
+    kind.add_argument("--trained", action="store_true",
+                      help="NAME is a key of `trained_models` in params.yaml (e.g. the release model) "
+                           "-> metrics/model_NAME.json")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -47,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = cpu.apply()
     if threads.source != "kept":
         print(threads.describe(), file=sys.stderr)
-    record = evaluate(args.name, params, baseline=args.baseline, progress=not args.no_progress)
-    print(summary_line(("baseline " if args.baseline else "") + args.name, record))
+    record = evaluate(args.name, params, baseline=args.baseline, trained=args.trained,
+                      progress=not args.no_progress)
+    label = "baseline " if args.baseline else "trained model " if args.trained else ""
+    print(summary_line(label + args.name, record))
     return 0
 
 
