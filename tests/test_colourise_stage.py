@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -69,3 +70,27 @@ def test_command_line_default_stays_rec601(tmp_path: Path, calls: list[dict[str,
 
     assert main(["--model", "m.pt", "--store", "s.mbtiles", "--out", str(tmp_path / "o.mbtiles")]) == 0
     assert calls[-1]["luma"] == "rec601"
+
+
+def test_preview_shows_the_real_colour_photo_beside_input_and_model_colours(tmp_path: Path) -> None:
+    """A colour source (converted to gray for the model) gets a third panel: the real photo."""
+    from PIL import Image
+
+    from pipeline.geo.tilestore import TileStore
+    from pipeline.inference.colourise import write_preview
+    from tests.imagery import ERIE_Z18, cut_tiles, make_store, render_mosaic, to_records
+
+    x, y = ERIE_Z18.x, ERIE_Z18.y
+    colour = cut_tiles(render_mosaic("erie_2021", 18, x, y, 2, 1), 18, x, y)
+    gray = {t: np.dstack([a[..., :3].mean(axis=2, keepdims=True).repeat(3, axis=2).astype(np.uint8),
+                          a[..., 3]]) for t, a in colour.items()}
+    widths = {}
+    for name, tiles in (("colour", colour), ("gray", gray)):
+        src = make_store(tmp_path / f"{name}.mbtiles", to_records(tiles), layer=name, zoom=18)
+        out = make_store(tmp_path / f"{name}_out.mbtiles", to_records(colour), layer="out", zoom=18)
+        with TileStore(src, readonly=True) as s, TileStore(out, readonly=True) as o:
+            png = write_preview(s, o, tmp_path / f"{name}.png", luma="rec601",
+                                model_label="the release model", max_px=10_000)
+        widths[name] = Image.open(png).width
+    assert widths["colour"] == 3 * 512 + 2 * 16  # gray input | model colours | real photo
+    assert widths["gray"] == 2 * 512 + 16  # no real colours to show for a gray source

@@ -180,21 +180,38 @@ def write_geotiff(store: TileStore, path: Path) -> Path:
                      tags={k: meta[k] for k in ("description", "model", "source_store") if k in meta})
 
 
-def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, max_px: int = 900) -> Path:
-    """A PNG: the gray input beside its colourisation, downsampled."""
-    from PIL import Image
+def _model_label(model_file: Path) -> str:
+    return "the release model" if model_file.parent.name == "release" else f"model {model_file.parent.name}"
+
+
+def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, model_label: str = "model",
+                  max_px: int = 1400) -> Path:
+    """A PNG: the gray input, its colourisation and, when the source tiles are a colour photo,
+    that real photo, side by side under a header naming each panel, downsampled."""
+    from PIL import Image, ImageDraw
 
     src, _ = mosaic(source)
     col, _ = mosaic(out)
     gray = to_gray(src, luma)[0]
-    left = np.dstack([gray, gray, gray, src[..., 3]])
-    both = np.concatenate([left, np.zeros((left.shape[0], 16, 4), np.uint8), col], axis=1)
-    img = Image.fromarray(both)
+    panels = [("gray input", np.dstack([gray, gray, gray, src[..., 3]])),
+              (f"colours estimated by {model_label}", col)]
+    rgb = src[..., :3].astype(np.int16)
+    if np.abs(rgb[..., 0] - rgb[..., 1]).max() > 0 or np.abs(rgb[..., 1] - rgb[..., 2]).max() > 0:
+        panels.append(("real colour photo", src))  # a colour source was converted to gray first
+    gap = np.zeros((src.shape[0], 16, 4), np.uint8)
+    row = np.concatenate([x for _, p in panels for x in (p, gap)][:-1], axis=1)
+    img = Image.fromarray(row)
     scale = max_px / max(img.size)
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+    framed = Image.new("RGBA", (img.width, img.height + 22), (255, 255, 255, 255))
+    framed.paste(img, (0, 22))
+    draw = ImageDraw.Draw(framed)
+    step = img.width / len(panels)
+    for i, (label, _) in enumerate(panels):
+        draw.text((round(i * step) + 4, 5), label, fill=(0, 0, 0, 255))
     with replacing(path) as tmp:
-        img.save(tmp, format="PNG")
+        framed.save(tmp, format="PNG")
     return path
 
 
@@ -252,7 +269,7 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
             if geotiff:
                 write_geotiff(out, geotiff)
             if preview:
-                write_preview(source, out, preview, luma=luma)
+                write_preview(source, out, preview, luma=luma, model_label=_model_label(model_file))
     note = (f"; {report.colour_input_tiles} colour input tiles were converted to gray ({luma} luma) first"
             if report.colour_input_tiles else "")
     if report.undecodable:
