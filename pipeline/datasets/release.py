@@ -150,6 +150,10 @@ class ReleaseData:
     def train_positions(self) -> int:
         return int(sum(a.sum() for a in self.allowed))
 
+    def positions_by_layer(self) -> dict[str, int]:
+        """Training crop positions per layer (0 for a layer wholly inside the excluded areas)."""
+        return {layer.name: int(ok.sum()) for layer, ok in zip(self.layers, self.allowed, strict=True)}
+
     def training_area_km2(self) -> float:
         """Ground area covered by at least one allowed training crop."""
         total = 0.0

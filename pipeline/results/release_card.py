@@ -141,6 +141,10 @@ def render_model_card(record: dict[str, Any]) -> str:
         f"{', '.join(data['layers'])} ({record['training_area_km2']:.2f} km² reachable by training crops), "
         f"outside the validation area `{data['val_aoi']}` and every held-out layer's footprint "
         f"({', '.join(data['held_out'])}), with a {data['guard_m']:g} m guard.",
+        "- Training crop positions per layer: "
+        + ", ".join(f"{name} {n:,}" + (" (none: the layer lies wholly inside the excluded areas, so it is "
+                                       "never trained on)" if n == 0 else "")
+                    for name, n in r.get("positions_by_layer", {}).items()) + ".",
         "- Augmentation: random crops, multiples of 90° rotation, flips; "
         f"{data['film']['probability']:.0%} of the inputs film-emulated with random parameters around "
         "`sample.film` (ranges in params.yaml `release.data.film`), the rest Rec. 601 luma.",
@@ -194,9 +198,15 @@ def render_model_card(record: dict[str, Any]) -> str:
                               "includes or exceeds 0).")
     lines += [
         "",
+        "The `evaluate_trained@release` stage of `make repro` also scores this model with the study's "
+        "evaluate code on the `gray` dataset's tiles (held-out area `columbia_heldout`, 152 web-mercator "
+        "tiles at z19, and the test split): FID, KID, ΔE2000, PSNR, SSIM and colourfulness with "
+        "intervals, next to the look-up and colour-transfer baselines and every ablation, in "
+        "`reports/summary.md` and `metrics/model_release.json`.",
+        "",
         "## What it does badly",
         *weaknesses,
-        "- Trained on one rural county photographed in April (leaf-off) at 2 ft; other seasons, cities, "
+        "- Trained on a few km² of one county photographed in April (leaf-off); other seasons, cities, "
         "other sensors and other ground resolutions are outside what it has seen.",
         "- Colours are a model's estimate, not a record: never use them as evidence of what a place "
         "looked like.",
@@ -227,7 +237,8 @@ def run_release(params: Params, out_dir: Path, *, steps: int | None = None, prog
     data = build_release_data(release.data, params)
     result = train_release(release, params, out_dir, steps=steps, progress=progress, data=data,
                            max_minutes=max_minutes)
-    train = {**result.to_json(), "training_area_km2": data.training_area_km2()}
+    train = {**result.to_json(), "training_area_km2": data.training_area_km2(),
+             "positions_by_layer": data.positions_by_layer()}
     atomic_write_bytes(out_dir / TRAIN_RECORD, (json.dumps(train, indent=2) + "\n").encode())
     return score_release(params, out_dir)
 
@@ -248,6 +259,10 @@ def score_release(params: Params, out_dir: Path) -> dict[str, Any]:
         raise ReleaseError(f"{out_dir / TRAIN_RECORD}: cannot read the training record ({exc}); "
                            "train first with `make release`") from None
     curves = train.pop("curves", [])
+    if "positions_by_layer" not in train:  # a record written before the field existed
+        from pipeline.datasets.release import build_release_data
+
+        train["positions_by_layer"] = build_release_data(release.data, params).positions_by_layer()
     device = pick_device(release.device)
     model = load_model(out_dir / "model.pt", device)  # exactly what users will load
     record: dict[str, Any] = {
