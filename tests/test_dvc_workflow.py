@@ -135,6 +135,20 @@ def test_changing_shared_training_defaults_reruns_every_ablation(repo: Path) -> 
     assert would_run(repo) == expected | {"report"}  # colourise uses the release model
 
 
+def test_adding_an_area_of_interest_reruns_nothing(repo: Path) -> None:
+    # each fetch stage depends on its own `aois.<key>` only (the frozen release stage is not run)
+    edit_params(repo, r"^aois:\n", "aois:\n  new_area: {path: aoi/erie_village.shp, buffer_m: -100}\n")
+    assert would_run(repo) == set()
+
+
+def test_changing_one_area_of_interest_refetches_only_its_stores(repo: Path) -> None:
+    edit_params(repo, r"^(  columbia_heldout: {path: [^,}]*)}", r"\1, buffer_m: 10}")
+    stages = would_run(repo)
+    changed = {s for s in stages if s.startswith("fetch@")}
+    expected = {f"fetch@{k}" for k, v in params(repo)["fetch"].items() if v["aoi"] == "columbia_heldout"}
+    assert changed == expected and expected and "fetch@erie_village-erie_2021" not in stages
+
+
 def test_removing_an_ablation_reruns_only_the_report(repo: Path) -> None:
     name = ablations(repo)[0]
     edit_params(repo, rf"^  {name}: {{.*}}\n", "")
