@@ -10,7 +10,8 @@ first to load torch: it sets OpenMP's environment before that).
 The marks are CLOCK_MONOTONIC readings (time.perf_counter on Linux), comparable with the
 parent process's: the first and last model step (`train_step` for training; `colourise`
 for evaluation and colourisation) and the time spent in feature extraction
-(eval.extractors.FeatureExtractor.extract), each also as this process's CPU time
+(eval.extractors.FeatureExtractor.extract) before the first or after the last model step
+(extraction between steps is part of the work, not of the fixed phases), each also as this process's CPU time
 (time.process_time), which a loaded machine disturbs much less than wall-clock time.
 """
 
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-MARKS: dict[str, Any] = {"steps": 0, "extract_s": 0.0, "extract_cpu": 0.0}
+MARKS: dict[str, Any] = {"steps": 0, "extract_spans": []}
 _depth = {"step": 0, "extract": 0}
 
 
@@ -61,9 +62,26 @@ def _timed_extract(fn: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             _depth["extract"] -= 1
             if outer:
-                MARKS["extract_s"] += time.perf_counter() - t0
-                MARKS["extract_cpu"] += time.process_time() - c0
+                MARKS["extract_spans"].append((t0, time.perf_counter(), c0, time.process_time()))
     return wrapper
+
+
+def _outside(start: float, end: float, first: float | None, last: float | None) -> float:
+    """How much of [start, end] lies before `first` or after `last` (the model-step window)."""
+    if first is None or last is None:
+        return end - start
+    return max(0.0, min(end, first) - start) + max(0.0, end - max(start, last))
+
+
+def _extraction_outside_steps() -> None:
+    # evaluation extracts features between model steps too; only what runs before the first
+    # step or after the last one counts against the fixed phases
+    spans = MARKS["extract_spans"]
+    MARKS["extract_total_s"] = sum(t1 - t0 for t0, t1, _, _ in spans)
+    MARKS["extract_s"] = sum(_outside(t0, t1, MARKS.get("first_step"), MARKS.get("last_step_end"))
+                             for t0, t1, _, _ in spans)
+    MARKS["extract_cpu"] = sum(_outside(c0, c1, MARKS.get("first_step_cpu"), MARKS.get("last_step_end_cpu"))
+                               for _, _, c0, c1 in spans)
 
 
 def _patch_models_base(module: ModuleType, method: str) -> None:
@@ -129,6 +147,7 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     MARKS["main_end"] = time.perf_counter()
+    _extraction_outside_steps()
     MARKS["torch_threads"] = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     with open(marks_path, "w", encoding="utf-8") as fh:
         json.dump(MARKS, fh)

@@ -9,7 +9,7 @@ the stage's own CLI (`pipeline.stages.<kind>.main`) and notes when the first mod
 starts and the last one ends (bench/stage_probe.py); the parent notes when it started the
 process and when the process exited. So
 
-    fixed cost = (start -> first step) + (last step -> exit) - feature extraction,
+    fixed cost = (start -> first step) + (last step -> exit) - feature extraction in those phases,
 
 and the table gives it beside the bare `import torch` of the same round. The stages run:
 - train: `train ABLATION --steps 3 --no-resume` (CPU preset: crop 128, widths x0.25; the
@@ -153,7 +153,7 @@ def report(summary: dict[str, dict[str, dict[str, float]]], args: argparse.Names
         "",
         "Wall-clock seconds:",
         "",
-        "| code | stage | total | start -> first step | last step -> exit | feature extraction "
+        "| code | stage | total | start -> first step | last step -> exit | feature extraction in those "
         "| fixed cost | bare `import torch` | fixed - import torch | threads |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
