@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from pipeline.geo.tilecache import TileCache
 from pipeline.geo.tiles import TileId
 from pipeline.geo.tilestore import TileStatus, TileStore
 from pipeline.geo.wmts_client import ServiceUnreachableError, xyz_source
+from tests.loopback_http import LoopbackServer, send
 
 # --------------------------------------------------------------------------- tile bytes
 
@@ -87,60 +88,39 @@ class ScriptedServer:
         self.requests: Counter[TileId] = Counter()
         self.lock = threading.Lock()
         self.slow_s = slow_s
-        server = self
+        self.http = LoopbackServer(self._answer)
+        self.template = f"{self.http.base}/{{z}}/{{x}}/{{y}}.png"
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                z, x, y = (int(v) for v in self.path.strip("/").split(".")[0].split("/"))
-                tile = TileId(z, x, y)
-                with server.lock:
-                    server.requests[tile] += 1
-                    queue = server.script.get(tile)
-                    reply: Reply = queue.pop(0) if queue else (200, {"Content-Type": "image/png"},
-                                                               tile_png(tile))
-                if reply == "slow":
-                    time.sleep(server.slow_s)
-                    reply = (200, {"Content-Type": "image/png"}, tile_png(tile))
-                if reply == "truncate":
-                    body = tile_png(tile)
-                    self.send_response(200)
-                    self.send_header("Content-Type", "image/png")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                assert not isinstance(reply, str)
-                status, headers, body = reply
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except OSError:  # the client gave up (read timeout): expected in these tests
-                    self.close_connection = True
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.template = f"http://127.0.0.1:{self.httpd.server_port}/{{z}}/{{x}}/{{y}}.png"
+    def _answer(self, h: BaseHTTPRequestHandler) -> None:
+        z, x, y = (int(v) for v in h.path.strip("/").split(".")[0].split("/"))
+        tile = TileId(z, x, y)
+        with self.lock:
+            self.requests[tile] += 1
+            queue = self.script.get(tile)
+            reply: Reply = queue.pop(0) if queue else (200, {"Content-Type": "image/png"}, tile_png(tile))
+        if reply == "slow":
+            time.sleep(self.slow_s)
+            reply = (200, {"Content-Type": "image/png"}, tile_png(tile))
+        if reply == "truncate":
+            body = tile_png(tile)
+            h.send_response(200)
+            h.send_header("Content-Type", "image/png")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+            return
+        assert not isinstance(reply, str)
+        status, headers, body = reply
+        send(h, status, body, headers)
 
     @property
     def total(self) -> int:
         return sum(self.requests.values())
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.close()
 
 
 @pytest.fixture

@@ -15,12 +15,11 @@ import gzip
 import io
 import os
 import sqlite3
-import threading
 import time
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,8 @@ from pipeline.geo.tilestore import StoreError, TileRecord, TileStatus, TileStore
 from pipeline.stages import colourise as colourise_cli
 from pipeline.stages import fetch as fetch_cli
 from pipeline.training.checkpoint import save_model_file
+from tests.loopback_http import LoopbackServer
+from tests.loopback_http import send as send_reply
 from tests.test_wmts_client import caps_xml, gm_matrix_set, layer_xml
 from tests.tiny_gan import TinyOptions, TinyP2P
 
@@ -67,52 +68,26 @@ class HostileServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.ok_caps = b""  # the valid capabilities document the routes serve in various ways
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                prefix = "/" + self.path.lstrip("/").split("/", 1)[0]
-                route = server.routes.get(prefix)
-                try:
-                    if route is None:
-                        send(self, 404, b"not found", "text/plain")
-                    else:
-                        route(self)
-                except OSError:  # the client gave up (deadline, size cap): expected here
-                    self.close_connection = True
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: object, client_address: object) -> None:
-                pass  # a client that hangs up on a hostile answer is the expected outcome here
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_port
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.http = LoopbackServer(self._answer)
+        self.port = self.http.port
+        self.base = self.http.base
         # The same server under another host name: "a different host" without the network.
         self.other_base = f"http://localhost:{self.port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def _answer(self, h: BaseHTTPRequestHandler) -> None:
+        route = self.routes.get("/" + h.path.lstrip("/").split("/", 1)[0])
+        if route is None:
+            send(h, 404, b"not found", "text/plain")
+        else:
+            route(h)
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.close()
 
 
 def send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str,
          headers: dict[str, str] | None = None) -> None:
-    h.send_response(status)
-    h.send_header("Content-Type", ctype)
-    for k, v in (headers or {}).items():
-        h.send_header(k, v)
-    h.send_header("Content-Length", str(len(body)))
-    h.end_headers()
-    h.wfile.write(body)
+    send_reply(h, status, body, {"Content-Type": ctype, **(headers or {})})
 
 
 def drip_body(h: BaseHTTPRequestHandler, body: bytes, ctype: str) -> None:
