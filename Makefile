@@ -38,7 +38,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 # The stages choose their CPU thread count from how busy the machine is (pipeline/core/cpu.py);
 # `make repro` pins it to the machine's cores so that its results are bit-reproducible however
 # busy the machine is (set LUMINESCENCE_THREADS yourself to choose another count).
-# Plain `dvc repro`: naming all 85 stages as targets made DVC re-read dvc.yaml and dvc.lock once
+# Plain `dvc repro`: naming the 84 other stages as targets made DVC re-read dvc.yaml and dvc.lock once
 # per target (3 min before the first stage). The frozen `release` stage is skipped, but DVC
 # refuses it when its outputs (committed to git) are missing, so say how to get them back.
 repro: $(STAMP)
