@@ -52,10 +52,11 @@ class RunnerStats:
 class ModelRunner:
     """Loads `path` once and colourises (H, W) uint8 gray windows in shared batches."""
 
-    def __init__(self, path: str | Path, *, batch_size: int = 8, wait_s: float = 0.005,
+    def __init__(self, path: str | Path, *, batch_size: int = 2, wait_s: float = 0.005,
                  device: str = "auto") -> None:
         """`device`: auto (a CUDA GPU, else Apple MPS, else the CPU), cpu, cuda or mps."""
         from pipeline.inference.colourise import context_margin, size_multiple
+        from pipeline.inference.layout import use_fast_layout
         from pipeline.training.checkpoint import load_model
         from pipeline.training.devices import pick_device
 
@@ -66,6 +67,7 @@ class ModelRunner:
         self.digest = sha256_of_file(self.path)
         self.device = pick_device(device)
         self.model = load_model(self.path, self.device)
+        self.channels_last = use_fast_layout(self.model)
         self.net_g = str(getattr(self.model.opts, "netG", "?"))
         self.margin = context_margin(size_multiple(self.net_g))
         self.window = TILE_SIZE + 2 * self.margin
@@ -85,7 +87,8 @@ class ModelRunner:
 
     @property
     def label(self) -> str:
-        return f"{self.model.name} ({self.net_g}) from {self.path} on {self.device.type}"
+        layout = ", channels_last" if self.channels_last else ""
+        return f"{self.model.name} ({self.net_g}) from {self.path} on {self.device.type}{layout}"
 
     def submit(self, window: np.ndarray, priority: int = PRIORITY_TILE) -> Future[np.ndarray]:
         """Colourise one (window, window) uint8 gray array; the future gives (window, window, 3) uint8."""

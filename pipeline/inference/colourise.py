@@ -217,6 +217,7 @@ def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, m
 
 def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | None, preview: Path | None,
         margin: int | None, luma: str, device_name: str, batch_size: int, progress: bool) -> str:
+    from pipeline.inference.layout import use_fast_layout
     from pipeline.training.checkpoint import load_model
     from pipeline.training.devices import pick_device
 
@@ -233,6 +234,7 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
     check_store_file(out_path)
     device = pick_device(device_name)
     model = load_model(model_file, device)
+    use_fast_layout(model)
     multiple = size_multiple(model.opts.netG)
     margin = context_margin(multiple) if margin is None else margin
     if (TILE_SIZE + 2 * margin) % multiple:

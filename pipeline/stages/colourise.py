@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gray conversion for colour input tiles (default: rec601; with --stage, "
                              "params.yaml align.luma, the one the models were trained on)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    parser.add_argument("--batch-size", type=lambda t: _count(t, 1), default=4,
-                        help="tiles per model call (default 4)")
+    parser.add_argument("--batch-size", type=lambda t: _count(t, 1), default=2,
+                        help="tiles per model call (default 2: fastest per tile on a CPU, "
+                             "docs/benchmarks/inference_layout.md; more on a GPU)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
