@@ -18,14 +18,13 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.timing import cpu_model
+from bench.timing import cpu_model, shown_command
 from pipeline.geo.tiles import TILE_SIZE
 from pipeline.inference.colourise import context_margin, size_multiple
 from pipeline.training.checkpoint import load_model
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             "fastest, speed-up over NCHW batch 8"]
     lines = [
         f"# Inference layout and batch size ({now})", "",
-        f"`python -m bench.inference_layout {shlex.join(sys.argv[1:])}` on {platform.machine()}, "
+        f"`{shown_command('bench.inference_layout', sys.argv[1:])}` on {platform.machine()}, "
         f"{cpu_model(platform.processor() or '?')}, {args.threads} threads, torch {torch.__version__}; "
         f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. Milliseconds "
         f"per context window, best of {args.rounds} rounds, layouts alternated within each round.", "",

@@ -30,3 +30,20 @@ def cpu_model(default: str) -> str:
     except OSError:
         pass
     return default
+
+
+def shown_command(module: str, argv: list[str]) -> str:
+    """`python -m module args` as a report shows it: without `--out FILE`, which names where
+    this copy of the report was written (often a scratch path outside the repository)."""
+    import shlex
+
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            shown.append(arg)
+    return shlex.join(["python", "-m", module, *shown])

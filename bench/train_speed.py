@@ -87,17 +87,24 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         spec = CONFIGS[args.config]
         cls = get_model_class(spec["model"])
         model = cls(cls.Options(**spec["options"]), torch.device(device))
+        channels_last = args.worker == "ours_cl"
+        if channels_last:  # the networks' weights in NHWC: convolutions then run NHWC throughout
+            for net in model.nets.values():
+                net.to(memory_format=torch.channels_last)
         if args.precision == "bf16":
             model.autocast_dtype = torch.bfloat16  # type: ignore[attr-defined]
         g = torch.Generator().manual_seed(0)
         rgb = torch.rand(args.batch_size, 3, args.size, args.size, generator=g)  # synthetic, timing only
         batch = {"A": 0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:], "B": rgb}
+        if channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
 
         def step() -> None:
             model.train_step(batch)
 
         counts = model.parameter_counts()
-        what = f"ours {spec['model']} {spec['options'] or ''}".strip()
+        layout = " channels_last" if channels_last else ""
+        what = f"ours {spec['model']} {spec['options'] or ''}{layout}".strip()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     load_before = os.getloadavg()[0]
@@ -166,9 +173,11 @@ def _reference_available(config: str, reference_dir: Path | None) -> bool:
 
 def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
     with_ref = _reference_available(config, args.reference_dir)
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "ref": [], "ours_bf16": []}
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "ref": [], "ours_bf16": [], "ours_cl": []}
     for r in range(args.rounds):
-        order = ["ref", "ours"] if r % 2 == 0 else ["ours", "ref"]
+        order = ["ref", "ours", "ours_cl"] if args.channels_last else ["ref", "ours"]
+        if r % 2:
+            order.reverse()
         for side in order:
             if side == "ref" and not with_ref:
                 continue
@@ -199,8 +208,12 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
                 else {}
             ),
         }
+    if "ours_cl" in result:
+        result["cl_over_default"] = result["ours_cl"]["median_s"] / result["ours"]["median_s"]
     if with_ref:
         result["ratio"] = result["ours"]["median_s"] / result["ref"]["median_s"]
+        if "ours_cl" in result:
+            result["ratio_cl"] = result["ours_cl"]["median_s"] / result["ref"]["median_s"]
         result["ratio_min"] = result["ours"]["min_s"] / result["ref"]["min_s"]
         result["same_run"] = True
     else:
@@ -243,6 +256,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {ratio_min} | "
             f"{ours['peak_rss_mib']:.0f} | {ref.get('peak_rss_mib', float('nan')):.0f} |"
         )
+    with_cl = [r for r in results if "ours_cl" in r]
+    if with_cl:
+        lines += ["", "The same runs, ours with every network and batch in channels_last (NHWC) memory "
+                  "layout (`--channels-last`), alternated with the two above:", "",
+                  "| config | ours channels_last s/iter median (min) | channels_last / default layout | "
+                  "ours channels_last / reference |", "|---|---|---|---|"]
+        for r in with_cl:
+            cl = r["ours_cl"]
+            ratio_cl = f"{r['ratio_cl']:.2f}" if "ratio_cl" in r else "n/a"
+            lines.append(f"| {r['config']} | {cl['median_s']:.2f} ({cl['min_s']:.2f}) | "
+                         f"{r['cl_over_default']:.2f} | {ratio_cl} |")
     lines += ["", "Parameters (ours; reference):", ""]
     for r in results:
         ref_params = _fmt_params(r["ref"]["params"]) if "params" in r["ref"] else "not built"
@@ -290,9 +314,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=0, help="torch/OpenMP threads per worker (default: one per core)"
     )
+    p.add_argument("--channels-last", action="store_true",
+                   help="also time ours with the networks and batches in channels_last layout, alternated")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     # internal: one measurement in this process
-    p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "ours_cl", "ref"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     return p.parse_args(argv)

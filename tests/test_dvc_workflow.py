@@ -1,6 +1,6 @@
 """The experiment workflow users rely on, checked with DVC itself in a temporary clone.
 
-The clone gets this checkout's dvc.yaml and params.yaml; every stage output is a small
+The clone gets this checkout's dvc.yaml, params.yaml and .dvcignore; every stage output is a small
 placeholder recorded with `dvc commit -f`, so the pipeline starts up to date without
 training anything. Then params.yaml is edited as a user would and `dvc status` says
 which stages changed; the stages `dvc repro` would run are those plus everything
@@ -65,7 +65,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clone whose pipeline is fully up to date (placeholder outputs, committed lock)."""
     repo = tmp_path_factory.mktemp("workflow") / "repo"
     run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(repo)], ROOT)
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     _, stages = stage_graph(repo)
     for stage in stages:
@@ -108,6 +108,40 @@ def ablations(repo: Path) -> list[str]:
 
 def test_nothing_runs_when_nothing_changed(repo: Path) -> None:
     assert would_run(repo) == set()
+
+
+def test_the_align_stages_reference_layout_exports_are_not_tracked(repo: Path) -> None:
+    # .dvcignore leaves out aligned/ and unpaired/ (PNG copies for the reference code, read by
+    # no stage): a changed export changes nothing, a changed split still re-runs what reads it.
+    folder = repo / "data" / "datasets" / "gray"
+    placeholder = folder.read_text()
+    folder.unlink()
+    (folder / "aligned" / "train").mkdir(parents=True)
+    (folder / "unpaired" / "trainA").mkdir(parents=True)
+    (folder / "train.npy").write_bytes(b"split")
+    (folder / "aligned" / "train" / "0.png").write_bytes(b"png")
+    try:
+        run([*DVC, "commit", "-f", "-q", "align@gray"], repo)
+        assert json.loads(run([*DVC, "status", "--json", "align@gray"], repo)) == {}
+        (folder / "aligned" / "train" / "1.png").write_bytes(b"another png")
+        (folder / "unpaired" / "trainA" / "0.png").write_bytes(b"png")
+        assert json.loads(run([*DVC, "status", "--json", "align@gray"], repo)) == {}
+        (folder / "train.npy").write_bytes(b"another split")
+        assert "align@gray" in json.loads(run([*DVC, "status", "--json", "align@gray"], repo))
+    finally:
+        shutil.rmtree(folder)
+        folder.write_text(placeholder)
+        run(["git", "checkout", "-q", "--", "dvc.lock"], repo)
+    assert would_run(repo) == set()
+
+
+def test_no_stage_reads_the_reference_layout_exports() -> None:
+    code = [p for d in ("pipeline/training", "pipeline/results") for p in (ROOT / d).rglob("*.py")]
+    code += [ROOT / "pipeline/stages/train.py", ROOT / "pipeline/stages/evaluate.py"]
+    readers = [p.name for p in code if re.search(r"[\"'/](aligned|unpaired)[/\"']", p.read_text())]
+    assert readers == [], f"these read the align stage's exports, which .dvcignore leaves out: {readers}"
+    ignored = (ROOT / ".dvcignore").read_text().splitlines()
+    assert {"data/datasets/*/aligned/", "data/datasets/*/unpaired/"} <= set(ignored)
 
 
 def test_adding_an_ablation_runs_only_its_stages_and_the_report(repo: Path) -> None:
