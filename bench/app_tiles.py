@@ -63,6 +63,11 @@ def main() -> None:
                         help="the sample's cached layers (built once, not timed)")
     parser.add_argument("--requests", type=int, default=3000, help="requests for the store throughput")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per forward pass (default: params.yaml app.batch_size)")
+    parser.add_argument("--layout", choices=["auto", "nchw"], default="auto",
+                        help="auto: the app's choice (pipeline/inference/layout.py); nchw: PyTorch's "
+                             "default layout, to compare against")
     args = parser.parse_args()
 
     import torch
@@ -79,6 +84,12 @@ def main() -> None:
     if view.colour is None:
         raise SystemExit(f"error: view {name} has no colourised layer: {view.model_error}")
     runner = view.colour.runner
+    if args.batch_size is not None:
+        runner.batch_size = args.batch_size
+    if args.layout == "nchw" and runner.channels_last:
+        for net in runner.model.nets.values():
+            net.to(memory_format=torch.contiguous_format)
+        runner.channels_last = False
     base = web.server.base_url
     with web:
         # Model warm-up (allocations, oneDNN kernels): startup cost, not tile latency.
