@@ -20,7 +20,6 @@ import os
 import platform
 import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import scipy
 import torch
 from scipy import linalg
 
-from bench.timing import cpu_model, timed
+from bench.timing import cpu_model, timed, write_report
 from eval.extractors import EfficientNetLite0Extractor, FeatureExtractor, InceptionV3Extractor
 from eval.frechet import feature_statistics, frechet_distance
 from eval.weights import find_inception_weights
@@ -220,13 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                   else bench_extraction(args.images, args.batch_sizes, args.image_size))
     frechet = bench_frechet(args.dim, args.repeat)
     text = report(command.strip(), host, extraction, frechet)
-    if args.out == "-":
-        print(text)
-    else:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        print(f"wrote {out}")
+    write_report(text, args.out)
 
 
 if __name__ == "__main__":

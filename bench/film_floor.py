@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.timing import shown_command
+from bench.timing import shown_command, write_report
 from eval.colour_metrics import delta_e2000
 from models.colour import gray_to_lightness, lab_to_rgb, rgb_to_lab
 
@@ -60,11 +60,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---:|---:|---:|"]
     lines += [f"| {n} | {count} | {inp:.2f} | {orc:.2f} |" for n, count, inp, orc in rows]
     text = "\n".join(lines) + "\n"
-    if args.out == "-":
-        print(text)
-    else:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
+    write_report(text, args.out)
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.timing import cpu_model, shown_command
+from bench.timing import cpu_model, shown_command, write_report
 from pipeline.geo.tiles import TILE_SIZE
 from pipeline.inference.colourise import context_margin, size_multiple
 from pipeline.training.checkpoint import load_model
@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
         *["| " + " | ".join(r) + " |" for r in rows], ""]
     text = "\n".join(lines)
-    if args.out == "-":
-        print(text)
-    else:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
+    write_report(text, args.out)
     return 0
 
 

@@ -47,3 +47,17 @@ def shown_command(module: str, argv: list[str]) -> str:
         elif not arg.startswith("--out="):
             shown.append(arg)
     return shlex.join(["python", "-m", module, *shown])
+
+
+def write_report(text: str, out: str) -> None:
+    """Write a benchmark's Markdown report to `out` (its folder made if needed), or print it
+    for `-`."""
+    import sys
+
+    if out == "-":
+        print(text)
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
