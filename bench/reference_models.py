@@ -54,7 +54,13 @@ def _import_from(repo: Path, module: str) -> Any:
     sys.path.insert(0, str(repo))
     import importlib
 
-    return importlib.import_module(module)
+    try:
+        return importlib.import_module(module)
+    except SyntaxError as exc:  # e.g. mid-2018 checkouts pass `async=True`, a keyword since 3.7
+        where = f"{Path(exc.filename or '?').name}:{exc.lineno}"
+        raise SystemExit(f"error: the reference checkout {repo} is not valid Python "
+                         f"{sys.version_info.major}.{sys.version_info.minor} ({where}: {exc.msg}); "
+                         f"use a checkout from 2019 or later") from None
 
 
 # Our settings under the option names of older checkouts (2018 and earlier used these).

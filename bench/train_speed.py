@@ -338,7 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for config in configs:
         print(f"measuring {config} ...", file=sys.stderr, flush=True)
-        results.append(measure(config, args))
+        try:
+            results.append(measure(config, args))
+        except RuntimeError as exc:  # a worker failed: its last lines say why, in one line
+            raise SystemExit(f"error: {exc}") from None
     text = report(results, args)
     print(text)
     if args.json:

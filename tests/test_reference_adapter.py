@@ -48,3 +48,18 @@ def test_a_checkout_whose_model_reads_options_set_outside_the_parser(tmp_path: P
 def test_a_2018_checkout_with_initialize_and_the_old_option_names(tmp_path: Path) -> None:
     out = _reference_worker(write_fake_checkout(tmp_path, "old_2018"), "pix2pix_resnet9")
     assert out["params"] == {"G": _conv(1, 3), "D": _conv(4, 1)}
+
+
+def test_a_checkout_older_than_python_3_7_is_refused_in_one_line(tmp_path: Path) -> None:
+    # Mid-2018 upstream commits call `.cuda(..., async=True)`: a syntax error since Python 3.7.
+    root = write_fake_checkout(tmp_path, "old_2018")
+    model = root / "pytorch-CycleGAN-and-pix2pix" / "models" / "pix2pix_model.py"
+    model.write_text(model.read_text() + "\n\ndef _old(x):\n    return x.cuda(0, async=True)\n")
+    cmd = [sys.executable, "-m", "bench.train_speed", "--configs", "pix2pix_resnet9", "--reference-dir",
+           str(root), "--size", "16", "--warmup", "0", "--iters", "1", "--rounds", "1", "--threads", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "is not valid Python" in last and "pix2pix_model.py" in last
+    assert "Traceback" not in done.stderr
