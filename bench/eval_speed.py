@@ -18,7 +18,6 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import sys
 from typing import Any
 
@@ -27,7 +26,7 @@ import scipy
 import torch
 from scipy import linalg
 
-from bench.timing import cpu_model, timed, write_report
+from bench.timing import cpu_model, shown_command, timed, write_report
 from eval.extractors import EfficientNetLite0Extractor, FeatureExtractor, InceptionV3Extractor
 from eval.frechet import feature_statistics, frechet_distance
 from eval.weights import find_inception_weights
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="docs/benchmarks/eval_speed.md",
                         help="markdown report path (default docs/benchmarks/eval_speed.md; '-' prints it)")
     args = parser.parse_args(argv)
-    command = "python -m bench.eval_speed " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = shown_command("bench.eval_speed", sys.argv[1:] if argv is None else argv)
     host = machine()
     print(host, flush=True)
     extraction = ([] if args.skip_extraction

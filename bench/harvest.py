@@ -30,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from bench.timing import cpu_model
+from bench.timing import cpu_model, shown_command
 from pipeline.core.config import HarvestConfig, load_params
 from pipeline.geo.harvester import harvest_to_store
 from pipeline.geo.tiles import TileId
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiles for the default, rate-capped run (default 200; 0 skips it)")
     parser.add_argument("--out", default="docs/benchmarks/harvest.md", help="markdown report to write")
     args = parser.parse_args(argv)
-    command = " ".join(["python -m bench.harvest", *(argv if argv is not None else sys.argv[1:])])
+    command = shown_command("bench.harvest", argv if argv is not None else sys.argv[1:])
 
     load_start = load_average()
     default_cfg = load_params().harvest

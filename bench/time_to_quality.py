@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from bench.timing import shown_command
 from models.registry import get_model_class
 from pipeline.core.config import Params, load_params
 from pipeline.datasets.release import build_release_data, release_batches
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         data = data.model_copy(update={"max_val_crops": args.val_crops})
     params = params.model_copy(update={"release": params.release.model_copy(update={"data": data})})
     result = run(params, max_steps=args.max_steps, val_every=args.val_every, reference=args.reference)
-    command = "python -m bench.time_to_quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shown_command("bench.time_to_quality", argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(result, command.strip()), encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
