@@ -20,6 +20,7 @@ returns float64 features (N, d) and logits (N, classes):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from eval.fid_trunk import TrunkFile, find_trunk_file, load_trunk
-from eval.inception_net import FIDInceptionV3
+from eval.inception_net import BasicConv2d, FIDInceptionV3
 from eval.weights import INCEPTION_FILE, FoundWeights, find_inception_weights, load_state_dict, sha256_of_file
 from models.networks.efficientnet_lite import EfficientNetLite0
 from models.networks.pretrained import lite_weights_path
@@ -199,6 +200,30 @@ class InceptionV3Extractor(FeatureExtractor):
         self.num_classes = FIDInceptionV3.num_classes if network.has_classifier else 0
         self.provenance = dict(provenance or {})
         self.extra_feature_modules = extra_modules
+        self._folded: FIDInceptionV3 | None = None
+
+    def set_channels_last(self, enabled: bool) -> None:
+        super().set_channels_last(enabled)
+        self._folded = None  # rebuilt in the new layout on the next batch
+
+    def identity(self) -> dict[str, object]:
+        return {**super().identity(), "batch_norm": "folded into the convolutions"}
+
+    def inference_network(self) -> FIDInceptionV3:
+        """The network with every batch norm folded into its convolution (conv bias = beta -
+        mean * scale): one pass less over each activation, about 10% faster on the CPU, same
+        features to float32 rounding (tests/test_extractors.py). `network` keeps the loaded
+        weights as they are, for inspection and tests."""
+        if self._folded is not None:
+            return self._folded
+        folded: FIDInceptionV3 = copy.deepcopy(self.network)  # type: ignore[assignment]
+        for module in folded.modules():
+            if isinstance(module, BasicConv2d):
+                module.fold_batch_norm()
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        folded.to(memory_format=fmt).eval()  # in place
+        self._folded = folded
+        return folded
 
     @classmethod
     def from_weights(cls, found: FoundWeights) -> InceptionV3Extractor:
@@ -237,7 +262,7 @@ class InceptionV3Extractor(FeatureExtractor):
         return 2.0 * x - 1.0
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        net: FIDInceptionV3 = self.network  # type: ignore[assignment]
+        net = self.inference_network()
         pool3 = net.pool3(x)
         return pool3, net.logits_without_bias(pool3)  # (N, 0) for the trunk alone
 

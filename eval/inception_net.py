@@ -44,6 +44,19 @@ class BasicConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)))
 
+    def fold_batch_norm(self) -> None:
+        """For inference only: scale the convolution by the batch norm's gamma / sqrt(var + eps)
+        and give it the matching bias, so the batch norm becomes the identity."""
+        if isinstance(self.bn, nn.Identity):
+            return
+        bn = self.bn
+        assert bn.running_var is not None and bn.running_mean is not None
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        with torch.no_grad():
+            self.conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            self.conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale, requires_grad=False)
+        self.bn = nn.Identity()  # type: ignore[assignment]
+
 
 def _pool_3x3_same(x: torch.Tensor, kind: PoolKind) -> torch.Tensor:
     """3x3 stride-1 'same' pooling as TensorFlow does it (padding never averaged in)."""

@@ -11,6 +11,7 @@ from eval.colour_metrics import (
     delta_e2000_lab,
     mean_colourfulness,
     mean_ssim,
+    per_image_metrics,
     psnr,
 )
 
@@ -93,6 +94,22 @@ def test_psnr_known_value() -> None:
     tgt2 = tgt.copy()
     tgt2[0] = 1  # half the images exact, half off by 1: set-level MSE 0.5
     assert psnr(out, tgt2) == pytest.approx(10 * np.log10(255.0**2 / 0.5), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5, 64, 48, 3), (3, 5, 5, 3), (2, 9, 20, 3)])
+def test_ssim_agrees_with_skimage(shape: tuple[int, int, int, int]) -> None:
+    # The batched torch SSIM is skimage's definition (window, sample covariance, cropped border).
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    smooth = np.clip(a.astype(np.int16) // 2 + rng.integers(0, 128, shape), 0, 255).astype(np.uint8)
+    win = min(7, min(shape[1:3]) if min(shape[1:3]) % 2 else min(shape[1:3]) - 1)
+    reference = [structural_similarity(o, t, channel_axis=-1, data_range=255, win_size=win)
+                 for o, t in zip(a, smooth, strict=True)]
+    ours = per_image_metrics(a, smooth).ssim
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12)
+    assert mean_ssim(a, smooth) == pytest.approx(float(np.mean(reference)), abs=1e-12)
 
 
 def test_ssim_small_images_and_errors() -> None:

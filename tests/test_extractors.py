@@ -364,3 +364,24 @@ def test_score_with_config_uses_the_evaluate_section() -> None:
     direct = score_predictions(pred, tgt, extractors=[ext], batch_size=3, is_splits=4, kid_subsets=6,
                                kid_subset_size=5, seed=11, progress=False)
     assert via_config == direct and via_config["is_splits"] == 4 and via_config["kid_subset_size"] == 5
+
+
+def test_folded_batch_norms_give_the_loaded_networks_features() -> None:
+    # Inference folds every batch norm into its convolution; the loaded network stays as it is.
+    ext = InceptionV3Extractor.untrained(seed=3)
+    with torch.no_grad():  # non-trivial statistics, so a wrong fold cannot pass by accident
+        for module in ext.network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.bias.uniform_(-0.1, 0.1)
+    x = torch.rand(2, 3, 299, 299) * 2 - 1
+    with torch.inference_mode():
+        loaded = ext.network.pool3(x)
+        folded = ext.inference_network().pool3(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ext.inference_network().modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ext.network.modules())
+    scale = float(loaded.abs().max())
+    assert scale > 0.1
+    torch.testing.assert_close(folded, loaded, rtol=0, atol=1e-5 * scale)
+    assert ext.identity()["batch_norm"] == "folded into the convolutions"

@@ -13,7 +13,13 @@ import torch
 import yaml
 
 from pipeline.core.paths import RELEASE_DIR
-from pipeline.results.release_card import bootstrap_interval, render_model_card, run_release, score_release
+from pipeline.results.release_card import (
+    bootstrap_interval,
+    render_model_card,
+    run_release,
+    score_release,
+    summary_line,
+)
 from pipeline.training.checkpoint import load_model
 from tests.conftest import ROOT
 from tests.test_release_data import _params, tiny  # noqa: F401  (the tiny sample fixture)
@@ -93,6 +99,7 @@ def test_max_minutes_stops_early_and_keeps_validated_weights(
     assert train["stopped_early_at"] == 1 and train["kept_step"] == 1 and train["steps"] == 100
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "stopped early by `--max-minutes` at iteration 1 of 100" in card
+    assert "trained 1 of 100 iterations (stopped by --max-minutes)" in summary_line(record)
 
 
 def test_bootstrap_interval_of_a_mean() -> None:

@@ -295,7 +295,10 @@ def summary_line(record: dict[str, Any]) -> str:
     held = "; ".join(f"{layer} ΔE2000 {res['clean']['delta_e2000_mean']:.2f} (gray "
                      f"{res['clean']['gray_delta_e2000_mean']:.2f}), film "
                      f"{res['film']['delta_e2000_mean']:.2f}" for layer, res in record["held_out"].items())
-    return (f"release: {r['model']} {r['options'].get('netG')} trained {r['steps']} iterations in "
+    stopped = r.get("stopped_early_at")
+    trained = (f"{stopped} of {r['steps']} iterations (stopped by --max-minutes)" if stopped
+               else f"{r['steps']} iterations")
+    return (f"release: {r['model']} {r['options'].get('netG')} trained {trained} in "
             f"{_minutes(r['seconds'])}, kept iteration {r['kept_step']}; val ΔE2000 "
             f"{r['val']['delta_e2000_clean']:.2f} (gray {r['val']['gray_delta_e2000_clean']:.2f}); "
             f"held out: {held}")
