@@ -19,8 +19,9 @@ and the table gives it beside the bare `import torch` of the same round. The sta
   as in `make repro` after a dataset's first evaluation);
 - colourise (optional): `colourise --model ... --store columbia_fields...` (179 tiles).
 
-`--before DIR` also measures the code in DIR (e.g. `git archive OLD | tar -x -C DIR`),
-alternating with this checkout in every round, so the comparison is same-run. Every
+`--before DIR` also measures the code in DIR (e.g. `git archive OLD | tar -x -C DIR`), with
+DIR's own params.yaml, alternating with this checkout in every round, so the comparison is
+same-run. Every
 variant runs in its own scratch folder under bench/out/startup/ whose `data` is a link to
 this repository's data/ (the align stage's datasets and the fetched tile stores must
 exist: `dvc repro align@gray align@historic fetch@columbia_fields-columbia_2010`).
@@ -69,10 +70,12 @@ def bare_torch(code_dir: Path) -> dict[str, float]:
     return {"wall": end - start, "cpu": cpu}
 
 
-def _scratch(name: str) -> Path:
+def _scratch(name: str, code_dir: Path) -> Path:
     work = WORK / name
     work.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    # Each variant runs with its own params.yaml: a change there (e.g. a batch size) is part
+    # of what is compared.
+    shutil.copy(code_dir / "params.yaml", work / "params.yaml")
     link = work / "data"
     if not link.exists():
         link.symlink_to(ROOT / "data", target_is_directory=True)
@@ -105,7 +108,7 @@ def measure_round(variants: dict[str, Path], kinds: list[str], ablations: list[s
     out: dict[str, dict[str, Any]] = {}
     for name in order:
         code_dir = variants[name]
-        work = _scratch(name)
+        work = _scratch(name, code_dir)
         row: dict[str, Any] = {"torch": bare_torch(code_dir)}
         for ablation in ablations:
             runs_dir = Path("runs") / ablation
