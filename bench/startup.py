@@ -115,7 +115,9 @@ def measure_round(variants: dict[str, Path], kinds: list[str], ablations: list[s
             if "train" in kinds or not (work / runs_dir / "model.pt").exists():
                 train_args = [ablation, "--steps", "3", "--no-resume", "--no-progress",
                               "--out", str(runs_dir)]
-                row[f"train:{ablation}"] = stage("train", train_args, work, code_dir)
+                trained = stage("train", train_args, work, code_dir)
+                if "train" in kinds:  # else only a model for the evaluate stage, not a measurement
+                    row[f"train:{ablation}"] = trained
             if "evaluate" in kinds:
                 row[f"evaluate:{ablation}"] = stage("evaluate", [ablation, "--no-progress"], work, code_dir)
         if "colourise" in kinds:
@@ -223,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append(measure_round(variants, kinds, ablations, order))
         loads.append(os.getloadavg()[0])
         print(f"round {r + 1}/{args.rounds} done (load {loads[-1]:.1f})", file=sys.stderr, flush=True)
+    if args.json:  # first: the raw measurements survive a failure in the summary
+        args.json.write_text(json.dumps({"rounds": rounds, "loads": loads}, indent=1), encoding="utf-8")
     text = report(summarise(rounds), args, loads)
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps({"rounds": rounds, "loads": loads}, indent=1), encoding="utf-8")
     return 0
 
 
