@@ -72,6 +72,7 @@ def main() -> None:
 
     import torch
 
+    from bench.timing import set_memory_layout
     from pipeline.app.serve import WebApp
 
     params = load_params()
@@ -87,8 +88,7 @@ def main() -> None:
     if args.batch_size is not None:
         runner.batch_size = args.batch_size
     if args.layout == "nchw" and runner.channels_last:
-        for net in runner.model.nets.values():
-            net.to(memory_format=torch.contiguous_format)
+        set_memory_layout(runner.model, channels_last=False)
         runner.channels_last = False
     base = web.server.base_url
     with web:

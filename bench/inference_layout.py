@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.timing import cpu_model, shown_command, write_report
+from bench.timing import cpu_model, set_memory_layout, shown_command, write_report
 from pipeline.geo.tiles import TILE_SIZE
 from pipeline.inference.colourise import context_margin, size_multiple
 from pipeline.training.checkpoint import load_model
@@ -43,9 +43,7 @@ def time_model(path: Path, rounds: int) -> list[str]:
     with torch.inference_mode():
         for _ in range(rounds):
             for layout in ("NCHW", "channels_last"):
-                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-                for net in model.nets.values():
-                    net.to(memory_format=fmt)
+                set_memory_layout(model, channels_last=layout == "channels_last")
                 for bs in BATCH_SIZES:
                     model.colourise(windows[:bs])  # warm-up: oneDNN picks its kernels
                     start = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -61,3 +61,13 @@ def write_report(text: str, out: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     print(f"wrote {path}", file=sys.stderr)
+
+
+def set_memory_layout(model: Any, *, channels_last: bool) -> None:
+    """Put every network of a model in channels_last (NHWC) or PyTorch's default layout, to time
+    one against the other (pipeline/inference/layout.py chooses for the stages and the app)."""
+    import torch
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for net in model.nets.values():
+        net.to(memory_format=fmt)

@@ -82,6 +82,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             args.config, Path(args.reference_dir), args.size, args.batch_size, device
         )
     else:
+        from bench.timing import set_memory_layout
         from models.registry import get_model_class
 
         spec = CONFIGS[args.config]
@@ -89,8 +90,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         model = cls(cls.Options(**spec["options"]), torch.device(device))
         channels_last = args.worker == "ours_cl"
         if channels_last:  # the networks' weights in NHWC: convolutions then run NHWC throughout
-            for net in model.nets.values():
-                net.to(memory_format=torch.channels_last)
+            set_memory_layout(model, channels_last=True)
         if args.precision == "bf16":
             model.autocast_dtype = torch.bfloat16  # type: ignore[attr-defined]
         g = torch.Generator().manual_seed(0)
