@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="windows per forward pass (default: params.yaml app.batch_size)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="forward passes side by side (default: the app's choice for this machine)")
     parser.add_argument("--layout", choices=["auto", "nchw"], default="auto",
                         help="auto: the app's choice (pipeline/inference/layout.py); nchw: PyTorch's "
                              "default layout, to compare against")
@@ -80,7 +82,8 @@ def main() -> None:
     name = args.view or next(iter(params.app.views))
     Path("bench/out").mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="app-bench-", dir="bench/out"))  # fresh: everything is cold
-    web = WebApp(params, port=0, model=args.model, data_dir=str(data), sample_derived_dir=args.derived)
+    web = WebApp(params, port=0, model=args.model, data_dir=str(data), sample_derived_dir=args.derived,
+                 model_workers=args.workers)
     view = web.state.views[name]
     if view.colour is None:
         raise SystemExit(f"error: view {name} has no colourised layer: {view.model_error}")

@@ -2,15 +2,21 @@
 
 Every window a model sees has one size (256 + 2 x margin pixels), whether it comes from a map
 tile or from a block of an uploaded photo, so windows of different requests stack into one
-batch. One worker thread owns the model: it takes the first waiting window, gathers more for at
-most `wait_s` (up to `batch_size`), runs them together and hands each caller its result. Map
-tiles go before upload blocks (priority), so an upload never holds up the map.
+batch. A worker thread takes the first waiting window, gathers more for at most `wait_s` (up
+to `batch_size`), runs them together and hands each caller its result. Map tiles go before
+upload blocks (priority), so an upload never holds up the map.
+
+On the CPU several workers run the model side by side, each on fewer torch threads: the
+release model's depthwise convolutions keep two threads of one pass poorly busy, and two
+one-thread passes finished a first view's 24 windows about 25% sooner on 2 cores
+(docs/benchmarks/app.md). On a GPU one worker feeds it.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -28,6 +34,7 @@ from pipeline.geo.tiles import TILE_SIZE
 log = logging.getLogger("luminescence.app")
 PRIORITY_TILE = 0
 PRIORITY_UPLOAD = 1
+MAX_CPU_WORKERS = 4  # more concurrent passes cost memory (activations) for little more speed
 
 
 class ModelUnavailable(LuminescenceError):
@@ -53,8 +60,10 @@ class ModelRunner:
     """Loads `path` once and colourises (H, W) uint8 gray windows in shared batches."""
 
     def __init__(self, path: str | Path, *, batch_size: int = 2, wait_s: float = 0.005,
-                 device: str = "auto") -> None:
-        """`device`: auto (a CUDA GPU, else Apple MPS, else the CPU), cpu, cuda or mps."""
+                 device: str = "auto", workers: int | None = None) -> None:
+        """`device`: auto (a CUDA GPU, else Apple MPS, else the CPU), cpu, cuda or mps.
+        `workers`: forward passes run side by side (None: one per core on the CPU, at most
+        MAX_CPU_WORKERS, sharing torch's threads between them; one on a GPU)."""
         from pipeline.inference.colourise import context_margin, size_multiple
         from pipeline.inference.layout import use_fast_layout
         from pipeline.training.checkpoint import load_model
@@ -73,12 +82,23 @@ class ModelRunner:
         self.window = TILE_SIZE + 2 * self.margin
         self.batch_size = batch_size
         self.wait_s = wait_s
+        self.workers, self.threads = worker_plan(self.device.type, workers)
+        self._threads_before: int | None = None
+        if self.threads is not None:
+            import torch
+
+            # Process-wide (torch has one intra-op pool): the runner is what runs torch in the app.
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
         self.stats = RunnerStats()
+        self._stats_lock = threading.Lock()
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._work, name=f"model-{self.digest[:8]}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"model-{self.digest[:8]}-{i}", daemon=True)
+                         for i in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def model_id(self) -> str:
@@ -88,7 +108,11 @@ class ModelRunner:
     @property
     def label(self) -> str:
         layout = ", channels_last" if self.channels_last else ""
-        return f"{self.model.name} ({self.net_g}) from {self.path} on {self.device.type}{layout}"
+        passes = ""
+        if self.workers > 1 or self.threads is not None:
+            threads = f" x {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else ""
+            passes = f", {self.workers} concurrent pass{'es' if self.workers != 1 else ''}{threads}"
+        return f"{self.model.name} ({self.net_g}) from {self.path} on {self.device.type}{layout}{passes}"
 
     def submit(self, window: np.ndarray, priority: int = PRIORITY_TILE) -> Future[np.ndarray]:
         """Colourise one (window, window) uint8 gray array; the future gives (window, window, 3) uint8."""
@@ -103,13 +127,20 @@ class ModelRunner:
 
     def close(self) -> None:
         self._closed.set()
-        self._queue.put(_Job(-1, -1, np.zeros((0, 0), np.uint8), Future()))  # wake the worker
-        self._thread.join(timeout=10)
+        self._queue.put(_Job(-1, -1, np.zeros((0, 0), np.uint8), Future()))  # wakes the workers in turn
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self._threads_before is not None:
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     # ------------------------------------------------------------------ the worker
     def _collect(self) -> list[_Job]:
         first = self._queue.get()
-        if self._closed.is_set():
+        if first.seq < 0 or self._closed.is_set():
+            self._queue.put(first)  # the close marker (or a job nobody will run): the next worker sees it
             return []
         jobs = [first]
         deadline = time.monotonic() + self.wait_s
@@ -139,9 +170,10 @@ class ModelRunner:
                     a = torch.from_numpy(batch).unsqueeze(1).float().div_(255.0).to(self.device)
                     rgb = self.model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
                     out = rgb.permute(0, 2, 3, 1).cpu().numpy()
-                self.stats.batches += 1
-                self.stats.windows += len(jobs)
-                self.stats.seconds += time.perf_counter() - start
+                with self._stats_lock:
+                    self.stats.batches += 1
+                    self.stats.windows += len(jobs)
+                    self.stats.seconds += time.perf_counter() - start
             except Exception as exc:  # a bug or out of memory: every caller gets the error
                 log.exception("model forward pass failed")
                 for job in jobs:
@@ -149,6 +181,27 @@ class ModelRunner:
                 continue
             for job, pixels in zip(jobs, out, strict=True):
                 job.future.set_result(pixels)
+
+
+def worker_plan(device_type: str, workers: int | None, cores: int | None = None) -> tuple[int, int | None]:
+    """(concurrent forward passes, torch threads to set or None to leave torch's choice)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"model workers must be at least 1, got {workers}")
+    if device_type != "cpu":
+        return workers or 1, None
+    if cores is None:
+        cores = cpu_cores()
+    n = workers or max(1, min(cores, MAX_CPU_WORKERS))
+    return n, max(1, cores // n)
+
+
+def cpu_cores() -> int:
+    """Cores the model may use: LUMINESCENCE_THREADS or OMP_NUM_THREADS when set, else this
+    process's CPUs (the same overrides the stages honour, pipeline/core/cpu.py)."""
+    from pipeline.core.cpu import CpuPolicy, usable_cpus
+
+    fixed = CpuPolicy(dict(os.environ), torch_loaded=True).fixed_threads()
+    return fixed[0] if fixed else len(usable_cpus())
 
 
 def load_runner(path: str | Path, **kwargs: Any) -> ModelRunner | str:

@@ -111,7 +111,9 @@ class AppState:
     """Everything the running app holds: views, sources, model runners, tile stores."""
 
     def __init__(self, params: Params, *, model: str | None = None, data_dir: str | None = None,
-                 sample_caps_url: Any = None) -> None:
+                 sample_caps_url: Any = None, model_workers: int | None = None) -> None:
+        """`model_workers`: forward passes run side by side per model (None: chosen for the
+        machine, pipeline/app/runner.py)."""
         from pipeline.server.bundled import sample_service_key
 
         if params.app is None:
@@ -142,7 +144,7 @@ class AppState:
             path = Path(model or vcfg.model or self.cfg.model)
             if path not in self.runners:
                 self.runners[path] = load_runner(path, batch_size=self.cfg.batch_size,
-                                                 wait_s=self.cfg.batch_wait_ms / 1000)
+                                                 wait_s=self.cfg.batch_wait_ms / 1000, workers=model_workers)
                 runner = self.runners[path]
                 if isinstance(runner, str):
                     log.warning("view %s: no colourised layer: %s", name, runner)

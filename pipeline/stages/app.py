@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where the app keeps colourised tiles, exports and uploads "
                              "(default: app.data_dir)")
+    parser.add_argument("--model-workers", type=int, default=None, metavar="N",
+                        help="forward passes run side by side (default: on the CPU one per core, at most 4, "
+                             "splitting torch's threads between them; 1 on a GPU)")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
@@ -44,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise LuminescenceError(f"--port {args.port} is not a TCP port (0-65535)")
+    if args.model_workers is not None and args.model_workers < 1:
+        raise LuminescenceError(f"--model-workers {args.model_workers}: give at least 1 (or leave it out "
+                                f"to let the app choose)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     params = load_params(args.params)
@@ -53,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("starting the web app (the first start builds the sample's cached layers)…", flush=True)
     web = WebApp(params, host=args.host, port=args.port, model=args.model, data_dir=args.data_dir,
-                 access_log=args.verbose)
+                 access_log=args.verbose, model_workers=args.model_workers)
     for view in web.state.views.values():
         note = f"model {view.model_path}" if view.colour else f"NO colourised layer: {view.model_error}"
         print(f"  view {view.name}: {view.cfg.title} ({note})")
