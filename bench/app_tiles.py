@@ -158,7 +158,7 @@ def main() -> None:
         "",
         f"`python -m bench.app_tiles{' --view ' + name if args.view else ''}"
         f"{' --model ' + args.model if args.model else ''}` on {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"Python {platform.python_version()}, torch {torch.__version__}; "
         f"load average {load0:.2f} before, {load1:.2f} after (shared machine).",
         "",
         f"View `{name}` at zoom {view.zoom}; model {runner.label} (sha256 {runner.model_id}), "
