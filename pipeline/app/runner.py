@@ -7,8 +7,9 @@ to `batch_size`), runs them together and hands each caller its result. Map tiles
 upload blocks (priority), so an upload never holds up the map.
 
 On the CPU several workers run the model side by side, each on fewer torch threads: the
-release model's depthwise convolutions keep two threads of one pass poorly busy, and two
-one-thread passes finished a first view's 24 windows about 25% sooner on 2 cores
+release model's depthwise convolutions keep two threads of one pass poorly busy. On 2 cores,
+two one-thread passes ran 24 windows about 25% sooner than one two-thread pass (the model
+alone), and the app's first view came 12% sooner, while a lone tile takes about 28% longer
 (docs/benchmarks/app.md). On a GPU one worker feeds it.
 """
 
@@ -34,7 +35,7 @@ from pipeline.geo.tiles import TILE_SIZE
 log = logging.getLogger("luminescence.app")
 PRIORITY_TILE = 0
 PRIORITY_UPLOAD = 1
-MAX_CPU_WORKERS = 4  # more concurrent passes cost memory (activations) for little more speed
+MAX_CPU_WORKERS = 4  # each concurrent pass holds its own activations: this bounds the memory
 
 
 class ModelUnavailable(LuminescenceError):
