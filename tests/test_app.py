@@ -338,6 +338,10 @@ def test_app_command_help_and_bad_ports(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exit_:
         app_main(["--port", "70000"])
     assert exit_.value.code == 2 and "--port 70000 is not a TCP port" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        app_main(["--model-workers", "0"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--model-workers 0: give at least 1" in err and err.count("\n") == 1
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
