@@ -13,19 +13,19 @@ from pipeline.app.runner import MAX_CPU_WORKERS, ModelRunner, cpu_cores, worker_
 
 
 @pytest.mark.parametrize(("cores", "workers", "expected"), [
-    (2, None, (2, 1)),    # the 2-core default: two one-thread passes
-    (1, None, (1, 1)),
-    (16, None, (MAX_CPU_WORKERS, 16 // MAX_CPU_WORKERS)),
-    (2, 1, (1, 2)),       # one pass on both cores (the old behaviour), by choice
-    (3, 2, (2, 1)),
+    (2, None, (2, 1, 2)),    # the 2-core default: two one-thread passes, or one on both cores
+    (1, None, (1, 1, 1)),
+    (16, None, (MAX_CPU_WORKERS, 16 // MAX_CPU_WORKERS, 16)),
+    (2, 1, (1, 2, 2)),       # one pass at a time on both cores, by choice
+    (3, 2, (2, 1, 3)),
 ])
-def test_worker_plan_on_the_cpu(cores: int, workers: int | None, expected: tuple[int, int]) -> None:
+def test_worker_plan_on_the_cpu(cores: int, workers: int | None, expected: tuple[int, int, int]) -> None:
     assert worker_plan("cpu", workers, cores) == expected
 
 
 def test_worker_plan_on_a_gpu_leaves_threads_alone() -> None:
-    assert worker_plan("cuda", None, 8) == (1, None)
-    assert worker_plan("cuda", 3, 8) == (3, None)
+    assert worker_plan("cuda", None, 8) == (1, None, None)
+    assert worker_plan("cuda", 3, 8) == (3, None, None)
 
 
 def test_worker_plan_refuses_zero_workers() -> None:
@@ -53,7 +53,6 @@ def test_two_workers_give_each_window_its_own_result(app_model: Path) -> None:
     runner = ModelRunner(app_model, batch_size=1, workers=2, device="cpu")
     try:
         assert runner.workers == 2 and len(runner._threads) == 2
-        assert torch.get_num_threads() == max(1, cpu_cores() // 2)
         futures = [runner.submit(w) for w in windows]
         got = [f.result(timeout=120) for f in futures]
     finally:
@@ -64,3 +63,22 @@ def test_two_workers_give_each_window_its_own_result(app_model: Path) -> None:
     assert runner.stats.windows == 6 and runner.stats.batches == 6
     assert not any(t.is_alive() for t in runner._threads)  # close() stopped every worker
     assert torch.get_num_threads() == before  # and gave torch its thread count back
+
+
+def test_a_pass_alone_gets_every_core_and_side_by_side_passes_share_them(app_model: Path) -> None:
+    before = torch.get_num_threads()
+    runner = ModelRunner(app_model, batch_size=1, workers=2, device="cpu")
+    try:
+        assert runner.threads is not None and runner.alone_threads is not None
+        runner._pass_starts()  # nothing else running or waiting: every core
+        assert torch.get_num_threads() == runner.alone_threads == cpu_cores()
+        runner._pass_starts()  # a second pass beside it: each its share
+        assert torch.get_num_threads() == runner.threads == max(1, cpu_cores() // 2)
+        runner._pass_ends()
+        runner._pass_ends()
+        runner._pass_starts()
+        assert torch.get_num_threads() == runner.alone_threads
+        runner._pass_ends()
+    finally:
+        runner.close()
+    assert torch.get_num_threads() == before

@@ -6,11 +6,12 @@ batch. A worker thread takes the first waiting window, gathers more for at most 
 to `batch_size`), runs them together and hands each caller its result. Map tiles go before
 upload blocks (priority), so an upload never holds up the map.
 
-On the CPU several workers run the model side by side, each on fewer torch threads: the
-release model's depthwise convolutions keep two threads of one pass poorly busy. On 2 cores,
-two one-thread passes ran 24 windows about 25% sooner than one two-thread pass (the model
-alone), and the app's first view came 12% sooner, while a lone tile takes about 28% longer
-(docs/benchmarks/app.md). On a GPU one worker feeds it.
+On the CPU several workers run the model side by side, sharing the cores: the release
+model's depthwise convolutions keep two threads of one pass poorly busy, so two one-thread
+passes get through a view's windows sooner than one two-thread pass. A pass that runs alone
+(nothing else running or waiting) gets every core, so a lone tile is not slowed down. torch
+has one process-wide thread count; each pass sets it as it starts (docs/benchmarks/app.md).
+On a GPU one worker feeds it.
 """
 
 from __future__ import annotations
@@ -83,14 +84,17 @@ class ModelRunner:
         self.window = TILE_SIZE + 2 * self.margin
         self.batch_size = batch_size
         self.wait_s = wait_s
-        self.workers, self.threads = worker_plan(self.device.type, workers)
+        # threads: per pass when passes run side by side; alone_threads: for a pass on its own.
+        self.workers, self.threads, self.alone_threads = worker_plan(self.device.type, workers)
         self._threads_before: int | None = None
+        self._threads_now: int | None = None
+        self._active = 0  # passes running now
+        self._active_lock = threading.Lock()
         if self.threads is not None:
             import torch
 
             # Process-wide (torch has one intra-op pool): the runner is what runs torch in the app.
             self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
         self.stats = RunnerStats()
         self._stats_lock = threading.Lock()
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
@@ -112,7 +116,9 @@ class ModelRunner:
         passes = ""
         if self.workers > 1 or self.threads is not None:
             threads = f" x {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else ""
-            passes = f", {self.workers} concurrent pass{'es' if self.workers != 1 else ''}{threads}"
+            alone = f" ({self.alone_threads} when one runs alone)" \
+                if self.alone_threads is not None and self.alone_threads != self.threads else ""
+            passes = f", {self.workers} concurrent pass{'es' if self.workers != 1 else ''}{threads}{alone}"
         return f"{self.model.name} ({self.net_g}) from {self.path} on {self.device.type}{layout}{passes}"
 
     def submit(self, window: np.ndarray, priority: int = PRIORITY_TILE) -> Future[np.ndarray]:
@@ -138,6 +144,26 @@ class ModelRunner:
             self._threads_before = None
 
     # ------------------------------------------------------------------ the worker
+    def _pass_starts(self) -> None:
+        """Count the pass in and set torch's threads: every core for a pass on its own, a
+        share when passes run (or wait) side by side. The count is process-wide, so a pass
+        already running adopts the new share from its next operation on."""
+        with self._active_lock:
+            self._active += 1
+            if self.threads is None:
+                return
+            alone = self._active == 1 and self._queue.empty()
+            wanted = self.alone_threads if alone and self.alone_threads is not None else self.threads
+            if wanted != self._threads_now:
+                import torch
+
+                torch.set_num_threads(wanted)
+                self._threads_now = wanted
+
+    def _pass_ends(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+
     def _collect(self) -> list[_Job]:
         first = self._queue.get()
         if first.seq < 0 or self._closed.is_set():
@@ -164,6 +190,7 @@ class ModelRunner:
             jobs = self._collect()
             if not jobs:
                 continue
+            self._pass_starts()
             try:
                 start = time.perf_counter()
                 batch = np.stack([j.window for j in jobs])
@@ -180,20 +207,24 @@ class ModelRunner:
                 for job in jobs:
                     job.future.set_exception(exc)
                 continue
+            finally:
+                self._pass_ends()
             for job, pixels in zip(jobs, out, strict=True):
                 job.future.set_result(pixels)
 
 
-def worker_plan(device_type: str, workers: int | None, cores: int | None = None) -> tuple[int, int | None]:
-    """(concurrent forward passes, torch threads to set or None to leave torch's choice)."""
+def worker_plan(device_type: str, workers: int | None,
+                cores: int | None = None) -> tuple[int, int | None, int | None]:
+    """(concurrent forward passes, torch threads per pass when they run side by side, torch
+    threads for a pass on its own); the thread counts are None where torch's choice stands."""
     if workers is not None and workers < 1:
         raise ValueError(f"model workers must be at least 1, got {workers}")
     if device_type != "cpu":
-        return workers or 1, None
+        return workers or 1, None, None
     if cores is None:
         cores = cpu_cores()
     n = workers or max(1, min(cores, MAX_CPU_WORKERS))
-    return n, max(1, cores // n)
+    return n, max(1, cores // n), cores
 
 
 def cpu_cores() -> int:
