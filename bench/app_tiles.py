@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--derived", default="bench/out/derived",
                         help="the sample's cached layers (built once, not timed)")
     parser.add_argument("--requests", type=int, default=3000, help="requests for the store throughput")
-    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
+    parser.add_argument("--out", default=None, help="also write the Markdown here (- : print only)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="windows per forward pass (default: params.yaml app.batch_size)")
     parser.add_argument("--workers", type=int, default=None,
@@ -74,7 +74,7 @@ def main() -> None:
 
     import torch
 
-    from bench.timing import set_memory_layout
+    from bench.timing import set_memory_layout, write_report
     from pipeline.app.serve import WebApp
 
     params = load_params()
@@ -186,8 +186,8 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    if args.out and args.out != "-":
+        write_report(text, args.out)
 
 
 def _inside(view, tile: TileId) -> bool:  # type: ignore[no-untyped-def]
