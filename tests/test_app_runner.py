@@ -52,7 +52,7 @@ def test_two_workers_give_each_window_its_own_result(app_model: Path) -> None:
         single.close()
     runner = ModelRunner(app_model, batch_size=1, workers=2, device="cpu")
     try:
-        assert runner.workers == 2 and len(runner._threads) == 2
+        assert runner.workers == 2 and len(runner._worker_threads) == 2
         futures = [runner.submit(w) for w in windows]
         got = [f.result(timeout=120) for f in futures]
     finally:
@@ -61,7 +61,7 @@ def test_two_workers_give_each_window_its_own_result(app_model: Path) -> None:
         # one thread against several: sums may round one level apart, never another window's colours
         assert np.abs(g.astype(int) - e.astype(int)).max() <= 1
     assert runner.stats.windows == 6 and runner.stats.batches == 6
-    assert not any(t.is_alive() for t in runner._threads)  # close() stopped every worker
+    assert not any(t.is_alive() for t in runner._worker_threads)  # close() stopped every worker
     assert torch.get_num_threads() == before  # and gave torch its thread count back
 
 

@@ -87,7 +87,6 @@ class ModelRunner:
         # threads: per pass when passes run side by side; alone_threads: for a pass on its own.
         self.workers, self.threads, self.alone_threads = worker_plan(self.device.type, workers)
         self._threads_before: int | None = None
-        self._threads_now: int | None = None
         self._active = 0  # passes running now
         self._active_lock = threading.Lock()
         if self.threads is not None:
@@ -100,9 +99,10 @@ class ModelRunner:
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._closed = threading.Event()
-        self._threads = [threading.Thread(target=self._work, name=f"model-{self.digest[:8]}-{i}", daemon=True)
-                         for i in range(self.workers)]
-        for thread in self._threads:
+        self._worker_threads = [
+            threading.Thread(target=self._work, name=f"model-{self.digest[:8]}-{i}", daemon=True)
+            for i in range(self.workers)]
+        for thread in self._worker_threads:
             thread.start()
 
     @property
@@ -135,7 +135,7 @@ class ModelRunner:
     def close(self) -> None:
         self._closed.set()
         self._queue.put(_Job(-1, -1, np.zeros((0, 0), np.uint8), Future()))  # wakes the workers in turn
-        for thread in self._threads:
+        for thread in self._worker_threads:
             thread.join(timeout=10)
         if self._threads_before is not None:
             import torch
@@ -152,13 +152,12 @@ class ModelRunner:
             self._active += 1
             if self.threads is None:
                 return
+            import torch
+
             alone = self._active == 1 and self._queue.empty()
             wanted = self.alone_threads if alone and self.alone_threads is not None else self.threads
-            if wanted != self._threads_now:
-                import torch
-
+            if torch.get_num_threads() != wanted:  # asked each time: another runner may have set it
                 torch.set_num_threads(wanted)
-                self._threads_now = wanted
 
     def _pass_ends(self) -> None:
         with self._active_lock:
