@@ -76,6 +76,7 @@ def main() -> None:
 
     from bench.timing import set_memory_layout, write_report
     from pipeline.app.serve import WebApp
+    from pipeline.core.cpu import usable_cpus
 
     params = load_params()
     assert params.app is not None
@@ -124,7 +125,7 @@ def main() -> None:
                     lat_first.append(secs)
                     done_colour = max(done_colour, time.perf_counter() - start)
         first_cpu = time.process_time() - cpu_start
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = len(usable_cpus())
         # Cold single tiles, away from the first view (their neighbours are not cached either).
         single: list[float] = []
         others = [t for t in viewport_tiles(lat, lon, view.zoom, 768, 512, shift=(0, 6)) if _inside(view, t)]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from bench.timing import shown_command, write_report
 from eval import bootstrap
 from eval.colour_metrics import per_image_metrics
+from models.base import GANModel
 from pipeline.core.config import load_params
 from pipeline.datasets.release import Crops, crop_inputs, held_out_crops
 from pipeline.datasets.storage import INPUT_CHANNEL, TARGET_CHANNELS, open_split, read_info
@@ -52,13 +53,13 @@ def upsampled(crops: Crops, factor: float) -> Crops:
                  [m / factor for m in crops.metres_per_px])
 
 
-def score(gray: np.ndarray, real: np.ndarray, table: ColourTable, model: object) -> dict[str, object]:
+def score(gray: np.ndarray, real: np.ndarray, table: ColourTable, model: GANModel) -> dict[str, object]:
     """Per-window ΔE2000 of gray input, look-up and model, and model - look-up with its interval."""
     device = torch.device("cpu")
     per = {name: per_image_metrics(out, real).delta_e2000 for name, out in (
         ("gray", np.repeat(gray[..., None], 3, axis=-1)),
         ("lut", table.predict(gray)),
-        ("model", colourise_u8(model, gray, device)),  # type: ignore[arg-type]
+        ("model", colourise_u8(model, gray, device)),
     )}
     idx = bootstrap.indices(len(gray), BOOTSTRAP_SAMPLES, SEED)
     reps = {k: bootstrap.mean_replicates(v, idx) for k, v in per.items()}
@@ -88,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     train = open_split(root, "train")
     table = fit_lightness_lookup(train[..., INPUT_CHANNEL], train[..., TARGET_CHANNELS])
     model = load_model(args.model, torch.device("cpu"))
-    info = read_info(root)
-    tile_m = float((info.heldout or {}).get("metres_per_px", 0.0))
+    heldout_info = read_info(root).heldout or {}
+    tile_m = float(heldout_info.get("metres_per_px", 0.0))
     rows: list[tuple[str, str, dict[str, object]]] = []
 
     heldout = open_split(root, "heldout")
-    rows.append((f"evaluate stage's held-out tiles ({(info.heldout or {}).get('aoi', '?')}, "
-                 f"z{(info.heldout or {}).get('zoom', '?')})", f"{tile_m:.2f} m tiles",
+    rows.append((f"evaluate stage's held-out tiles ({heldout_info.get('aoi', '?')}, "
+                 f"z{heldout_info.get('zoom', '?')})", f"{tile_m:.2f} m tiles",
                  score(np.ascontiguousarray(heldout[..., INPUT_CHANNEL]),
                        np.ascontiguousarray(heldout[..., TARGET_CHANNELS]),
                        table, model)))
