@@ -96,10 +96,9 @@ def main() -> None:
         runner.channels_last = False
     base = web.server.base_url
     with web:
-        # Model warm-up (allocations, oneDNN kernels): startup cost, not tile latency.
-        import numpy as np
-
-        runner.submit(np.zeros((runner.window, runner.window), np.uint8)).result()
+        # The app warms its model up as it starts (startup cost, not tile latency): wait for it.
+        if not runner.wait_ready(timeout_s=120):
+            raise SystemExit("error: the model did not finish warming up in 120 s")
         (s, w), (n, e) = view.describe()["bounds"]
         lat, lon = (s + n) / 2, (w + e) / 2
         first = [t for t in viewport_tiles(lat, lon, view.zoom) if _inside(view, t)]

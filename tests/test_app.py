@@ -326,6 +326,19 @@ def test_missing_model_is_explained_and_the_photos_still_serve(
         assert get(app, tile_url("modern", T0)).status_code == 200
 
 
+def test_layers_are_resolved_as_the_app_starts_before_any_request(
+        request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import time
+
+    params = app_params(tmp_path / "runs" / "nothing" / "model.pt", tmp_path / "data")
+    with WebApp(params, sample_derived_dir=str(derived_dir(request, tmp_path_factory))) as app:
+        layers = [layer for view in app.state.views.values() for layer in (view.historic, view.modern)]
+        deadline = time.monotonic() + 60
+        while not all(layer.resolved for layer in layers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(layer.resolved for layer in layers)  # nobody asked for /api/views
+
+
 def test_app_command_help_and_bad_ports(capsys: pytest.CaptureFixture[str]) -> None:
     import socket
 

@@ -69,6 +69,7 @@ def test_a_pass_alone_gets_every_core_and_side_by_side_passes_share_them(app_mod
     before = torch.get_num_threads()
     runner = ModelRunner(app_model, batch_size=1, workers=2, device="cpu")
     try:
+        assert runner.wait_ready(timeout_s=120)  # the warm-up passes have ended
         assert runner.threads is not None and runner.alone_threads is not None
         runner._pass_starts()  # nothing else running or waiting: every core
         assert torch.get_num_threads() == runner.alone_threads == cpu_cores()
@@ -82,3 +83,15 @@ def test_a_pass_alone_gets_every_core_and_side_by_side_passes_share_them(app_mod
     finally:
         runner.close()
     assert torch.get_num_threads() == before
+
+
+def test_the_runner_warms_its_model_up_and_windows_sent_meanwhile_wait(app_model: Path) -> None:
+    runner = ModelRunner(app_model, batch_size=1, workers=2, device="cpu")
+    try:
+        early = runner.submit(np.full((runner.window, runner.window), 128, np.uint8))  # before ready
+        assert runner.wait_ready(timeout_s=120)
+        assert runner._warm == 2  # one warm-up pass per worker
+        assert early.result(timeout=120).shape == (runner.window, runner.window, 3)
+        assert runner.stats.windows == 1  # warm-up passes are not counted as work
+    finally:
+        runner.close()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -234,9 +235,30 @@ async def not_allowed(request: Request, exc: Exception) -> Response:
     return refuse(request, f"{request.method} is not allowed on {request.url.path[:100]}", 405)
 
 
+def _resolve_failed(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("not resolved at start-up (the page will ask again): %s", one_line(str(task.exception())))
+
+
+def resolve_at_startup(state: AppState) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """A lifespan that starts reading every layer's capabilities as soon as the app serves, so
+    that the page's first /api/views finds them read. Nothing waits for it: a slow or unreachable
+    service is still asked again, and reported, when the page asks for the views."""
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        layers = [layer for view in state.views.values() for layer in (view.historic, view.modern)]
+        tasks = [asyncio.ensure_future(layer.aresolve()) for layer in layers]
+        for task in tasks:
+            task.add_done_callback(_resolve_failed)
+        yield
+        for task in tasks:
+            task.cancel()
+    return lifespan
+
+
 def create_app(state: AppState, *, extra_routes: list[BaseRoute] | None = None) -> Any:
     """The ASGI application: the web app's routes (and, e.g., the WMTS endpoints) in one app.
     Whoever built `state` closes it."""
     app = Starlette(routes=build_routes(state) + list(extra_routes or []),
-                    exception_handlers={404: not_found, 405: not_allowed})
+                    exception_handlers={404: not_found, 405: not_allowed}, lifespan=resolve_at_startup(state))
     return SecurityHeaders(app)

@@ -11,7 +11,8 @@ model's depthwise convolutions keep two threads of one pass poorly busy, so two 
 passes get through a view's windows sooner than one two-thread pass. A pass that runs alone
 (nothing else running or waiting) gets every core, so a lone tile is not slowed down. torch
 has one process-wide thread count; each pass sets it as it starts (docs/benchmarks/app.md).
-On a GPU one worker feeds it.
+On a GPU one worker feeds it. Each worker runs one pass on a blank window as the app starts,
+so the first map tiles do not pay for the model's first-pass set-up.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class ModelRunner:
         self.workers, self.threads, self.alone_threads = worker_plan(self.device.type, workers)
         self._threads_before: int | None = None
         self._active = 0  # passes running now
+        self._warm = 0  # workers that have run their warm-up pass
+        self._ready = threading.Event()
         self._active_lock = threading.Lock()
         if self.threads is not None:
             import torch
@@ -182,9 +185,37 @@ class ModelRunner:
             jobs.append(job)
         return [j for j in jobs if j.future.set_running_or_notify_cancel()]
 
-    def _work(self) -> None:
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """(N, window, window) uint8 gray -> (N, window, window, 3) uint8 RGB."""
         import torch
 
+        with torch.inference_mode():
+            a = torch.from_numpy(batch).unsqueeze(1).float().div_(255.0).to(self.device)
+            rgb = self.model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+            return rgb.permute(0, 2, 3, 1).cpu().numpy()
+
+    def _warm_up(self) -> None:
+        """One pass on a blank window, so that the first map tiles do not pay for the model's
+        first-pass set-up (memory, convolution kernels); then count this worker as ready."""
+        self._pass_starts()
+        try:
+            self._forward(np.zeros((1, self.window, self.window), np.uint8))
+        except Exception:  # the first real pass reports it to its caller
+            log.exception("model warm-up failed")
+        finally:
+            self._pass_ends()
+            with self._active_lock:
+                self._warm += 1
+                if self._warm == self.workers:
+                    self._ready.set()
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Whether every worker has warmed up (waits at most `timeout_s`). Windows submitted
+        earlier are not lost: they wait in the queue."""
+        return self._ready.wait(timeout_s)
+
+    def _work(self) -> None:
+        self._warm_up()
         while not self._closed.is_set():
             jobs = self._collect()
             if not jobs:
@@ -192,11 +223,7 @@ class ModelRunner:
             self._pass_starts()
             try:
                 start = time.perf_counter()
-                batch = np.stack([j.window for j in jobs])
-                with torch.inference_mode():
-                    a = torch.from_numpy(batch).unsqueeze(1).float().div_(255.0).to(self.device)
-                    rgb = self.model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-                    out = rgb.permute(0, 2, 3, 1).cpu().numpy()
+                out = self._forward(np.stack([j.window for j in jobs]))
                 with self._stats_lock:
                     self.stats.batches += 1
                     self.stats.windows += len(jobs)

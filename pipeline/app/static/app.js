@@ -179,7 +179,7 @@
   // ------------------------------------------------------------------ start
   function start(data) {
     app.limits = data.upload;
-    app.map = L.map('map', { zoomControl: true, attributionControl: true });
+    app.map = L.map('map', { zoomControl: true, attributionControl: true, fadeAnimation: false });
     L.control.scale({ imperial: false, maxWidth: 160 }).addTo(app.map);
     app.sbs = L.control.sideBySide([], []).addTo(app.map);
     var select = $('view');

@@ -1,0 +1,197 @@
+"""The web app's first view in a real browser: how long until the map is fully colourised, cold.
+
+    .venv/bin/python -m bench.app_browser [--view NAME] [--model PATH] [--rounds 5] [--out FILE]
+
+Each round starts the app with a fresh data folder (empty tile cache, empty colourised store,
+so every colourised tile is computed), waits until the app says its model is ready, then opens
+the page in the headless Chromium the browser test uses (1280 x 800, Debian's `chromium` and
+`chromium-driver`) and waits until every tile on the map has loaded. The times come from the
+browser's own Resource Timing entries, measured from the start of the page's navigation:
+
+- first view: when the last colourised tile of the map arrived (page, scripts, view list and
+  historic tiles included: what a user waits for);
+- the colourised tiles' requests: the first one's start and each one's latency.
+
+Unlike `bench.app_tiles`, the client is the page itself (Leaflet's requests, in its order, over
+the browser's own connections) and runs in its own processes, as it does for a user; the
+browser's CPU shares the same cores. The machine's load average is printed beside the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.timing import write_report
+from pipeline.core.config import load_params
+from tests.browser import chrome, find_browser, wait_for_tiles
+
+# Resource Timing entries of the map's tile requests, in milliseconds from navigation start.
+TILE_TIMINGS = """
+return performance.getEntriesByType('resource')
+  .filter(e => e.name.includes('/tiles/'))
+  .map(e => ({url: e.name, start: e.startTime, end: e.responseEnd}));
+"""
+
+
+def machine_busy_s() -> float | None:
+    """CPU-seconds the whole machine has been busy since boot (every process, every core), from
+    /proc/stat; None where there is none."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class BusySampler:
+    """Samples `machine_busy_s` every `step_s` in a thread, so that the busy time up to a moment
+    known only afterwards (the last tile's arrival) can be read back."""
+
+    def __init__(self, step_s: float = 0.05) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._step = step_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = machine_busy_s()
+            if busy is None:
+                return
+            self.samples.append((time.perf_counter(), busy))
+            self._stop.wait(self._step)
+
+    def __enter__(self) -> BusySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def busy_between(self, t0: float, t1: float) -> float:
+        """Busy CPU-seconds between two perf_counter times (nearest samples); NaN without samples."""
+        if not self.samples:
+            return float("nan")
+
+        def at(t: float) -> float:
+            return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+        return at(t1) - at(t0)
+
+
+def first_view(entries: list[dict[str, object]], role: str = "colourised") -> dict[str, float]:
+    """Seconds from navigation start: the first request of `role` tiles, the last arrival, and
+    each request's latency (p50, max); `count` tiles."""
+    mine = [e for e in entries if f"/{role}/" in str(e["url"])]
+    if not mine:
+        raise ValueError(f"the page requested no {role} tiles")
+    starts = [float(str(e["start"])) / 1000 for e in mine]
+    ends = [float(str(e["end"])) / 1000 for e in mine]
+    latency = [b - a for a, b in zip(starts, ends, strict=True)]
+    return {"count": len(mine), "first_request": min(starts), "done": max(ends),
+            "latency_p50": statistics.median(latency), "latency_max": max(latency)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--view", default=None, help="a view of params.yaml app.views (default: the first)")
+    parser.add_argument("--model", default=None, help="model.pt (default: the view's, else app.model)")
+    parser.add_argument("--derived", default="bench/out/derived",
+                        help="the sample's cached layers (built once, not timed)")
+    parser.add_argument("--rounds", type=int, default=5, help="cold first views, each with a fresh app")
+    parser.add_argument("--out", default=None, help="also write the Markdown here (- : print only)")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        raise SystemExit("error: --rounds must be at least 1")
+    found = find_browser()
+    if isinstance(found, str):
+        raise SystemExit(f"error: {found}")
+
+    import torch
+
+    from pipeline.app.serve import WebApp
+
+    params = load_params()
+    assert params.app is not None
+    name = args.view or next(iter(params.app.views))
+    Path("bench/out").mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()[0]
+    rows: list[dict[str, float]] = []
+    label = ""
+    for i in range(args.rounds):
+        data = tempfile.mkdtemp(prefix="app-browser-", dir="bench/out")  # fresh: everything is cold
+        with WebApp(params, port=0, model=args.model, data_dir=data, sample_derived_dir=args.derived) as web:
+            view = web.state.views[name]
+            if view.colour is None:
+                raise SystemExit(f"error: view {name} has no colourised layer: {view.model_error}")
+            runner = view.colour.runner
+            label = (f"model {runner.label} (sha256 {runner.model_id}), {runner.window}-px context "
+                     f"windows (margin {runner.margin})")
+            if not runner.wait_ready(timeout_s=120):
+                raise SystemExit("error: the model did not finish warming up in 120 s")
+            driver = chrome(1280, 800)  # started before the clock: a user's browser is already open
+            try:
+                cpu0 = time.process_time()
+                with BusySampler() as sampler:
+                    wall0 = time.perf_counter()
+                    driver.get(f"{web.url}?view={name}")
+                    wait_for_tiles(driver, timeout_s=300)
+                app_cpu = time.process_time() - cpu0
+                entries = driver.execute_script(TILE_TIMINGS)
+                row = first_view(entries)
+                # The whole machine's busy CPU from navigation to the last colourised tile.
+                row["machine_cpu"] = sampler.busy_between(wall0, wall0 + row["done"])
+            finally:
+                driver.quit()
+        row["historic"] = first_view(entries, "historic")["count"]
+        row["app_cpu"] = app_cpu
+        rows.append(row)
+        print(f"round {i + 1}: first view {row['done']:.2f} s ({row['count']:.0f} colourised tiles, "
+              f"first requested at {row['first_request']:.2f} s), app CPU {app_cpu:.1f} s, machine "
+              f"{row['machine_cpu']:.1f} CPU-s", flush=True)
+    load1 = os.getloadavg()[0]
+
+    done = [r["done"] for r in rows]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Web app: the first view in a real browser ({stamp})",
+        "",
+        f"`python -m bench.app_browser{' --view ' + name if args.view else ''}"
+        f"{' --model ' + args.model if args.model else ''} --rounds {args.rounds}` on {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"headless Chromium at 1280 x 800; load average {load0:.2f} before, {load1:.2f} after.",
+        "",
+        f"View `{name}`; {label}. Each round: a fresh app (cold caches and store), its model warmed "
+        "up, then the page opened; seconds from the start of the page's navigation.",
+        "",
+        "| round | colourised tiles | first colourised request | last colourised tile arrived | "
+        "latency p50 | latency max | whole machine's CPU until then | app's CPU until the map settled |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(rows, 1):
+        lines.append(f"| {i} | {r['count']:.0f} (+ {r['historic']:.0f} historic) | "
+                     f"{r['first_request']:.2f} s | **{r['done']:.2f} s** | {r['latency_p50']:.2f} s | "
+                     f"{r['latency_max']:.2f} s | "
+                     f"{r['machine_cpu']:.1f} CPU-s | {r['app_cpu']:.1f} CPU-s |")
+    under = sum(d <= 5.0 for d in done)
+    lines += ["", f"First view, fully colourised: median **{statistics.median(done):.2f} s** "
+              f"(min {min(done):.2f}, max {max(done):.2f}); {under} of {len(done)} rounds within the "
+              "5 s goal.", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out and args.out != "-":
+        write_report(text, args.out)
+
+
+if __name__ == "__main__":
+    main()
