@@ -59,6 +59,13 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, step_s: 
         time.sleep(step_s)
 
 
+# Resource Timing entries of the map's tile requests, in milliseconds from navigation start.
+TILE_TIMINGS = """
+return performance.getEntriesByType('resource')
+  .filter(e => e.name.includes('/tiles/'))
+  .map(e => ({url: e.name, start: e.startTime, end: e.responseEnd}));
+"""
+
 # Every tile image of the layers on the map has finished loading (and none is pending).
 TILES_DONE = """
 const app = window.luminescence;

@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline.app.serve import WebApp
 from tests.app_model import ZOOM, app_params, chroma, derived_dir
-from tests.browser import chroma_map, chrome, find_browser, screenshot, wait_for, wait_for_tiles
+from tests.browser import TILE_TIMINGS, chroma_map, chrome, find_browser, screenshot, wait_for, wait_for_tiles
 from tests.imagery import ERIE_Z18, render_mosaic
 
 pytestmark = pytest.mark.browser
@@ -56,6 +56,12 @@ def test_swipe_shows_gray_history_beside_estimated_colour(web: WebApp, driver, t
     driver.get(web.url + "?view=erie")
     tiles = wait_for_tiles(driver, timeout_s=180)
     assert tiles >= 12  # both sides of a 1280x800 map at the view's zoom
+    # Photos first: the colourised layer is asked for once the historic side has loaded (or
+    # 1.5 s have passed), so the photos do not queue behind tiles the model is computing.
+    timings = driver.execute_script(TILE_TIMINGS)
+    historic_end = max(e["end"] for e in timings if "/historic/" in e["url"])
+    colour_start = min(e["start"] for e in timings if "/colourised/" in e["url"])
+    assert colour_start >= min(historic_end, 1500.0) - 50.0, (colour_start, historic_end)
     left = driver.find_element(By.ID, "label-left").text
     right = driver.find_element(By.ID, "label-right").text
     assert "Historic" in left and "SYNTHETIC" in left

@@ -76,6 +76,25 @@
     return parts.join('<br>');
   }
 
+  var PHOTOS_FIRST_MS = 1500;
+
+  function addAfter(layer, others) {
+    var added = false, view = app.view;
+    function add() {
+      // Only if the user has not switched view or sides meanwhile.
+      if (added || app.view !== view || app.layers.colourised !== layer) { return; }
+      var chosen = roles();
+      if (chosen.left !== 'colourised' && chosen.right !== 'colourised') { return; }
+      added = true;
+      layer.addTo(app.map);
+    }
+    var pending = others.length;
+    others.forEach(function (other) {
+      other.once('load', function () { pending -= 1; if (pending === 0) { add(); } });
+    });
+    setTimeout(add, PHOTOS_FIRST_MS);
+  }
+
   function roles() { return { left: $('left').value, right: $('right').value }; }
 
   function arrange() {
@@ -89,10 +108,17 @@
     // The historic photo lies under both sides, so lowering the opacity blends a side into it.
     if (opacity < 1 && !map.hasLayer(app.base)) { app.base.addTo(map); app.base.bringToBack(); }
     if (opacity >= 1 && map.hasLayer(app.base)) { map.removeLayer(app.base); }
+    // Photos first: a colourised layer joins the map once the other side has loaded (or after
+    // PHOTOS_FIRST_MS), so the browser's few connections bring the photos in at once instead of
+    // queueing them behind tiles the model is still computing.
+    var photos = [chosen.left, chosen.right].filter(function (r) { return r !== 'colourised'; });
+    var waitFor = photos.map(function (r) { return app.layers[r]; })
+      .filter(function (layer) { return !map.hasLayer(layer); });
     [chosen.left, chosen.right].forEach(function (role) {
       var layer = app.layers[role];
-      if (!map.hasLayer(layer)) { layer.addTo(map); }
       layer.setOpacity(opacity);
+      if (map.hasLayer(layer)) { return; }
+      if (role === 'colourised' && waitFor.length) { addAfter(layer, waitFor); } else { layer.addTo(map); }
     });
     app.sbs.setLeftLayers(app.layers[chosen.left]);
     app.sbs.setRightLayers(app.layers[chosen.right]);
