@@ -135,6 +135,29 @@ def test_the_align_stages_reference_layout_exports_are_not_tracked(repo: Path) -
     assert would_run(repo) == set()
 
 
+def test_python_bytecode_beside_the_code_reruns_nothing(repo: Path) -> None:
+    # Python writes __pycache__/*.pyc next to the modules it imports (unless
+    # PYTHONDONTWRITEBYTECODE is set): .dvcignore leaves them out, or running one stage, or the
+    # tests, would change the code folders that every stage depends on.
+    caches = [repo / folder / "__pycache__" for folder in ("pipeline/core", "models", "eval")]
+    stray = repo / "models" / "stray.pyc"
+    module = repo / "pipeline" / "core" / "probe_new_module.py"
+    try:
+        for cache in caches:
+            cache.mkdir(exist_ok=True)
+            (cache / "probe.cpython-311.pyc").write_bytes(b"bytecode")
+        stray.write_bytes(b"bytecode")
+        assert would_run(repo) == set()
+        module.write_text("x = 1\n")  # a real code change still counts
+        assert "film" in would_run(repo)
+    finally:
+        for cache in caches:
+            shutil.rmtree(cache, ignore_errors=True)
+        stray.unlink(missing_ok=True)
+        module.unlink(missing_ok=True)
+    assert would_run(repo) == set()
+
+
 def test_no_stage_reads_the_reference_layout_exports() -> None:
     code = [p for d in ("pipeline/training", "pipeline/results") for p in (ROOT / d).rglob("*.py")]
     code += [ROOT / "pipeline/stages/train.py", ROOT / "pipeline/stages/evaluate.py"]
