@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.app_options import add_app_options, fresh_data_dir, report_header, view_name
 from bench.timing import write_report
 from pipeline.core.config import load_params
 from tests.browser import TILE_TIMINGS, chrome, find_browser, wait_for_tiles
@@ -97,10 +95,7 @@ def first_view(entries: list[dict[str, object]], role: str = "colourised") -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--view", default=None, help="a view of params.yaml app.views (default: the first)")
-    parser.add_argument("--model", default=None, help="model.pt (default: the view's, else app.model)")
-    parser.add_argument("--derived", default="bench/out/derived",
-                        help="the sample's cached layers (built once, not timed)")
+    add_app_options(parser)
     parser.add_argument("--rounds", type=int, default=5, help="cold first views, each with a fresh app")
     parser.add_argument("--out", default=None, help="also write the Markdown here (- : print only)")
     args = parser.parse_args()
@@ -110,19 +105,16 @@ def main() -> None:
     if isinstance(found, str):
         raise SystemExit(f"error: {found}")
 
-    import torch
 
     from pipeline.app.serve import WebApp
 
     params = load_params()
-    assert params.app is not None
-    name = args.view or next(iter(params.app.views))
-    Path("bench/out").mkdir(parents=True, exist_ok=True)
+    name = view_name(params, args.view)
     load0 = os.getloadavg()[0]
     rows: list[dict[str, float]] = []
     label = ""
     for i in range(args.rounds):
-        data = tempfile.mkdtemp(prefix="app-browser-", dir="bench/out")  # fresh: everything is cold
+        data = fresh_data_dir("app-browser-")  # fresh: everything is cold
         with WebApp(params, port=0, model=args.model, data_dir=data, sample_derived_dir=args.derived) as web:
             view = web.state.views[name]
             if view.colour is None:
@@ -156,15 +148,9 @@ def main() -> None:
     load1 = os.getloadavg()[0]
 
     done = [r["done"] for r in rows]
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# Web app: the first view in a real browser ({stamp})",
-        "",
-        f"`python -m bench.app_browser{' --view ' + name if args.view else ''}"
-        f"{' --model ' + args.model if args.model else ''} --rounds {args.rounds}` on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"headless Chromium at 1280 x 800; load average {load0:.2f} before, {load1:.2f} after.",
-        "",
+        *report_header("Web app: the first view in a real browser", "bench.app_browser", load_before=load0,
+                       load_after=load1, extra=", headless Chromium at 1280 x 800"),
         f"View `{name}`; {label}. Each round: a fresh app (cold caches and store), its model warmed "
         "up, then the page opened; seconds from the start of the page's navigation.",
         "",

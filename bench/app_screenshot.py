@@ -10,30 +10,26 @@ screenshot.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
+from bench.app_options import add_app_options, fresh_data_dir, view_name
 from pipeline.core.config import load_params
 from tests.browser import chrome, screenshot, wait_for_tiles
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--view", default=None, help="a view of params.yaml app.views (default: the first)")
-    parser.add_argument("--model", default=None, help="model.pt (default: the view's, else app.model)")
-    parser.add_argument("--derived", default="bench/out/derived", help="the sample's cached layers")
+    add_app_options(parser)
     parser.add_argument("--out", type=Path, default=Path("docs/images/app.png"))
     args = parser.parse_args()
 
     from pipeline.app.serve import WebApp
 
     params = load_params()
-    assert params.app is not None
-    name = args.view or next(iter(params.app.views))
-    Path("bench/out").mkdir(parents=True, exist_ok=True)
-    data = tempfile.mkdtemp(prefix="app-shot-", dir="bench/out")
+    name = view_name(params, args.view)
+    data = fresh_data_dir("app-shot-")
     with WebApp(params, port=0, model=args.model, data_dir=data, sample_derived_dir=args.derived) as web:
         driver = chrome(1280, 800)
         try:

@@ -22,16 +22,13 @@ import argparse
 import http.client
 import math
 import os
-import platform
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from pathlib import Path
 
 import requests
 
+from bench.app_options import add_app_options, fresh_data_dir, report_header, view_name
 from pipeline.core.config import load_params
 from pipeline.geo.tiles import TileId
 
@@ -57,10 +54,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--view", default=None, help="a view of params.yaml app.views (default: the first)")
-    parser.add_argument("--model", default=None, help="model.pt (default: the view's, else app.model)")
-    parser.add_argument("--derived", default="bench/out/derived",
-                        help="the sample's cached layers (built once, not timed)")
+    add_app_options(parser)
     parser.add_argument("--requests", type=int, default=3000, help="requests for the store throughput")
     parser.add_argument("--out", default=None, help="also write the Markdown here (- : print only)")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -72,18 +66,15 @@ def main() -> None:
                              "default layout, to compare against")
     args = parser.parse_args()
 
-    import torch
 
     from bench.timing import set_memory_layout, write_report
     from pipeline.app.serve import WebApp
     from pipeline.core.cpu import usable_cpus
 
     params = load_params()
-    assert params.app is not None
-    name = args.view or next(iter(params.app.views))
-    Path("bench/out").mkdir(parents=True, exist_ok=True)
-    data = Path(tempfile.mkdtemp(prefix="app-bench-", dir="bench/out"))  # fresh: everything is cold
-    web = WebApp(params, port=0, model=args.model, data_dir=str(data), sample_derived_dir=args.derived,
+    name = view_name(params, args.view)
+    data = fresh_data_dir("app-bench-")  # fresh: everything is cold
+    web = WebApp(params, port=0, model=args.model, data_dir=data, sample_derived_dir=args.derived,
                  model_workers=args.workers)
     view = web.state.views[name]
     if view.colour is None:
@@ -155,15 +146,8 @@ def main() -> None:
         for s_ in sessions:
             s_.close()
 
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# Web app tiles ({stamp})",
-        "",
-        f"`python -m bench.app_tiles{' --view ' + name if args.view else ''}"
-        f"{' --model ' + args.model if args.model else ''}` on {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, torch {torch.__version__}; "
-        f"load average {load0:.2f} before, {load1:.2f} after (shared machine).",
-        "",
+        *report_header("Web app tiles", "bench.app_tiles", load_before=load0, load_after=load1),
         f"View `{name}` at zoom {view.zoom}; model {runner.label} (sha256 {runner.model_id}), "
         f"{runner.window}-px context windows (margin {runner.margin}), batches of up to "
         f"{runner.batch_size}.",

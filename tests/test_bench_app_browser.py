@@ -35,3 +35,16 @@ def test_busy_time_between_two_moments_uses_the_nearest_samples() -> None:
     assert sampler.busy_between(10.0, 11.0) == pytest.approx(1.9)
     assert sampler.busy_between(10.1, 11.4) == pytest.approx(2.0)  # nearest: 10.0 and 11.5
     assert BusySampler().busy_between(0.0, 1.0) != BusySampler().busy_between(0.0, 1.0)  # NaN
+
+
+def test_the_app_benchmarks_name_an_unknown_view_and_the_known_ones() -> None:
+    from bench.app_options import view_name
+    from pipeline.core.config import load_params
+
+    params = load_params()
+    assert params.app is not None
+    first = next(iter(params.app.views))
+    assert view_name(params, None) == first
+    assert view_name(params, first) == first
+    with pytest.raises(SystemExit, match=f"no view 'nope'.*{first}"):
+        view_name(params, "nope")
