@@ -128,6 +128,41 @@ def test_colourised_tile_is_the_model_on_its_neighbourhood(web: WebApp) -> None:
     assert chroma(got) > chroma(grays[T0][..., [0, 0, 0]]) == 0  # colour out of a gray input
 
 
+def test_a_gray_view_of_a_colour_layer_shows_and_colourises_its_luma(
+        app_model: Path, request: pytest.FixtureRequest, tmp_path: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The page gets a gray PNG; the model gets the same gray straight from the colour tile's
+    # bytes (no PNG made and decoded again in between).
+    from pipeline.core.config import parse_params
+    from pipeline.geo.pixels import to_gray
+    from pipeline.inference.colourise import context_window
+
+    data = app_params(app_model, tmp_path / "data").model_dump(mode="json", exclude_none=True)
+    data["app"]["views"]["erie"]["historic"] = {"source": "sample", "layer": "erie_2021", "gray": True}
+    with WebApp(parse_params(data), sample_derived_dir=str(derived_dir(request, tmp_path_factory))) as app:
+        view = app.state.views["erie"]
+        assert view.colour is not None
+        around = [TileId(ZOOM, T0.x + dx, T0.y + dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        grays = {}
+        for t in around:
+            colour = rgba(get(app, tile_url("modern", t)).content)
+            shown = rgba(get(app, tile_url("historic", t)).content)
+            luma, is_colour = to_gray(colour, view.historic.luma)
+            assert is_colour and np.array_equal(shown[..., 0], luma)
+            assert np.array_equal(shown[..., 1], luma) and np.array_equal(shown[..., 2], luma)
+            grays[t] = np.stack([luma, colour[..., 3]], axis=-1)
+
+        class Tiles:
+            def get(self, t: TileId) -> np.ndarray | None:
+                return grays.get(t)
+
+        runner = view.colour.runner
+        got = rgba(get(app, tile_url("colourised", T0)).content)
+        expected = runner.submit(context_window(Tiles(), T0, runner.margin)).result(timeout=60)
+        m = runner.margin
+        assert np.abs(got[..., :3].astype(int) - expected[m:m + 256, m:m + 256].astype(int)).max() <= 1
+
+
 def test_concurrent_requests_share_one_computation_and_batches(web: WebApp) -> None:
     view = web.state.views["erie"]
     assert view.colour is not None

@@ -149,6 +149,16 @@ class LayerTiles:
     # ------------------------------------------------------------------ tiles
     async def tile(self, tile: TileId) -> SourceTile:
         """The tile's bytes as the service sent them (gray layers: a gray PNG)."""
+        src = await self._source_tile(tile)
+        if not self.cfg.gray or src.data is None:
+            return src
+        data = await asyncio.get_running_loop().run_in_executor(self._pool, _gray_png, src.data, self.luma)
+        return SourceTile(data, "image/png")
+
+    async def _source_tile(self, tile: TileId) -> SourceTile:
+        """The tile as the service sent it, colour layers shown in gray included: the page's
+        gray PNG is made only when the page asks (`tile`), and the model's gray pixels come from
+        these bytes directly (`gray_alpha`), not through an encoded PNG and back."""
         pending = self._inflight.get(tile)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -171,7 +181,7 @@ class LayerTiles:
         if tile in self._decoded:
             self._decoded.move_to_end(tile)
             return self._decoded[tile]
-        src = await self.tile(tile)
+        src = await self._source_tile(tile)
         out = None
         if src.data is not None:
             out = await asyncio.get_running_loop().run_in_executor(self._pool, self._decode_gray, src.data)
@@ -208,8 +218,6 @@ class LayerTiles:
                 self.cache.put_many(key, [(record, result.raw)])
         if record.status is not TileStatus.OK or record.data is None:
             return SourceTile(None)
-        if self.cfg.gray:
-            return SourceTile(_gray_png(record.data, self.luma), "image/png")
         return SourceTile(record.data, source.format)
 
     def close(self) -> None:
