@@ -4,8 +4,10 @@ sample's cached layers, and the scratch data folder each run starts from."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -35,9 +37,12 @@ def view_name(params: Params, view: str | None) -> str:
 
 
 def fresh_data_dir(prefix: str) -> str:
-    """A new, empty data folder under bench/out (empty tile cache and stores: everything cold)."""
+    """A new, empty data folder under bench/out (empty tile cache and stores: everything cold),
+    removed when the benchmark exits: each holds the tiles of one cold run, and the runs add up."""
     OUT.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(prefix=prefix, dir=OUT)
+    path = tempfile.mkdtemp(prefix=prefix, dir=OUT)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def report_header(title: str, module: str, *, load_before: float, load_after: float,

@@ -3,6 +3,8 @@ the machine's busy time between two moments."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.app_browser import BusySampler, first_view
@@ -48,3 +50,15 @@ def test_the_app_benchmarks_name_an_unknown_view_and_the_known_ones() -> None:
     assert view_name(params, first) == first
     with pytest.raises(SystemExit, match=f"no view 'nope'.*{first}"):
         view_name(params, "nope")
+
+
+def test_a_benchmarks_scratch_data_folder_is_removed_when_it_exits(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (f"import bench.app_options as o, pathlib; o.OUT = pathlib.Path({str(tmp_path)!r}); "
+            "p = pathlib.Path(o.fresh_data_dir('x-')); (p / 'tile').write_bytes(b'1'); print(p)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    made = Path(out.stdout.strip())
+    assert made.parent == tmp_path and not made.exists()
