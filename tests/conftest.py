@@ -17,9 +17,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 def pytest_configure(config: pytest.Config) -> None:
     # The rendering module ignores this warning process-wide (pipeline/server/rendering.py: a
     # side effect of rasterio's non-thread-safe warnings.catch_warnings during concurrent warps,
-    # tiles correct). pytest resets warning filters around each test, so a filter added when
-    # that module is first imported inside a test is lost after it, and the count of these
-    # warnings varied between runs (2-8). The same filter, applied by pytest to every test:
+    # tiles correct). pytest restores its warning filters after each test, so a filter added
+    # when that module is first imported inside a test is lost after it, and the race let 2-8
+    # of these through in different runs. The same filter, applied by pytest to every test:
     config.addinivalue_line("filterwarnings", "ignore:Dataset has no geotransform:"
                             "rasterio.errors.NotGeoreferencedWarning:rasterio.warp")
 
