@@ -24,24 +24,20 @@ import os
 import statistics
 import threading
 import time
-from pathlib import Path
 
 from bench.app_options import add_app_options, fresh_data_dir, report_header, view_name
 from bench.timing import write_report
 from pipeline.core.config import load_params
+from pipeline.core.cpu import _read_sample, usable_cpus
 from tests.browser import TILE_TIMINGS, chrome, find_browser, wait_for_tiles
 
 
 def machine_busy_s() -> float | None:
-    """CPU-seconds the whole machine has been busy since boot (every process, every core), from
-    /proc/stat; None where there is none."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(v) for v in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    """CPU-seconds this process's CPUs have been busy since boot, every process counted (the
+    stages' CPU policy reads the same /proc/stat counters); None where there are none."""
+    # pipeline.core.cpu's reader is private there; it is the one parser of /proc/stat we have.
+    sample = _read_sample(usable_cpus())
+    return None if sample is None else sample.busy
 
 
 class BusySampler:

@@ -66,7 +66,6 @@ def main() -> None:
                              "default layout, to compare against")
     args = parser.parse_args()
 
-
     from bench.timing import set_memory_layout, write_report
     from pipeline.app.serve import WebApp
     from pipeline.core.cpu import usable_cpus
