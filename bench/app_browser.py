@@ -1,6 +1,6 @@
 """The web app's first view in a real browser: how long until the map is fully colourised, cold.
 
-    .venv/bin/python -m bench.app_browser [--view NAME] [--model PATH] [--rounds 5] [--out FILE]
+    .venv/bin/python -m bench.app_browser [--view NAME] [--model PATH] [--swipe 0.5] [--rounds 5] [--out FILE]
 
 Each round starts the app with a fresh data folder (empty tile cache, empty colourised store,
 so every colourised tile is computed), waits until the app says its model is ready, then opens
@@ -11,6 +11,10 @@ browser's own Resource Timing entries, measured from the start of the page's nav
 - first view: when the last colourised tile of the map arrived (page, scripts, view list and
   historic tiles included: what a user waits for);
 - the colourised tiles' requests: the first one's start and each one's latency.
+
+Each side of the swipe loads only its own tiles, so the divider's start (`--swipe`, the page's
+`swipe=` address parameter; the page's default is the middle) decides how many colourised
+tiles the first view needs: `--swipe 0` colours the whole map.
 
 Unlike `bench.app_tiles`, the client is the page itself (Leaflet's requests, in its order, over
 the browser's own connections) and runs in its own processes, as it does for a user; the
@@ -89,14 +93,28 @@ def first_view(entries: list[dict[str, object]], role: str = "colourised") -> di
             "latency_p50": statistics.median(latency), "latency_max": max(latency)}
 
 
+def swipe_address(swipe: float | None) -> str:
+    """The page address's `swipe=` part (nothing for the page's default); one error line for a
+    value the page would ignore."""
+    if swipe is None:
+        return ""
+    if not 0.0 <= swipe <= 1.0:  # NaN too
+        raise SystemExit(f"error: --swipe {swipe:g} is outside 0..1 (a share of the map's width)")
+    return f"&swipe={swipe:g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_app_options(parser)
     parser.add_argument("--rounds", type=int, default=5, help="cold first views, each with a fresh app")
+    parser.add_argument("--swipe", type=float, default=None, metavar="0..1",
+                        help="where the divider starts, as a share of the map's width (default: the "
+                             "page's own, the middle); 0 puts the colourised side across the whole map")
     parser.add_argument("--out", default=None, help="also write the Markdown here (- : print only)")
     args = parser.parse_args()
     if args.rounds < 1:
         raise SystemExit("error: --rounds must be at least 1")
+    address = swipe_address(args.swipe)
     found = find_browser()
     if isinstance(found, str):
         raise SystemExit(f"error: {found}")
@@ -125,7 +143,7 @@ def main() -> None:
                 cpu0 = time.process_time()
                 with BusySampler() as sampler:
                     wall0 = time.perf_counter()
-                    driver.get(f"{web.url}?view={name}")
+                    driver.get(f"{web.url}?view={name}{address}")
                     wait_for_tiles(driver, timeout_s=300)
                 app_cpu = time.process_time() - cpu0
                 entries = driver.execute_script(TILE_TIMINGS)
@@ -147,8 +165,10 @@ def main() -> None:
     lines = [
         *report_header("Web app: the first view in a real browser", "bench.app_browser", load_before=load0,
                        load_after=load1, extra=", headless Chromium at 1280 x 800"),
-        f"View `{name}`; {label}. Each round: a fresh app (cold caches and store), its model warmed "
-        "up, then the page opened; seconds from the start of the page's navigation.",
+        f"View `{name}`; {label}; the swipe's divider at "
+        f"{'the middle (the page default)' if args.swipe is None else f'{args.swipe:g} of the map width'}. "
+        "Each round: a fresh app (cold caches and store), its model warmed up, then the page opened; "
+        "seconds from the start of the page's navigation.",
         "",
         "| round | colourised tiles | first colourised request | last colourised tile arrived | "
         "latency p50 | latency max | last historic tile arrived | whole machine's CPU until the last "

@@ -48,6 +48,15 @@ def driver() -> Iterator[object]:
     finally:
         browser.quit()
 
+# Screen rectangles of each side's tile images, the map's and the divider's x.
+SIDE_TILES = """
+const app = window.luminescence, map = app.map.getContainer().getBoundingClientRect();
+const rects = role => Array.from(app.layers[role].getContainer().querySelectorAll('img.leaflet-tile'))
+  .map(img => img.getBoundingClientRect().toJSON());
+return {colourised: rects('colourised'), historic: rects('historic'), left: map.left, right: map.right,
+        divider: map.left + app.sbs.getPosition()};
+"""
+
 
 def test_swipe_shows_gray_history_beside_estimated_colour(web: WebApp, driver, tmp_path: Path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
@@ -62,6 +71,15 @@ def test_swipe_shows_gray_history_beside_estimated_colour(web: WebApp, driver, t
     historic_end = max(e["end"] for e in timings if "/historic/" in e["url"])
     colour_start = min(e["start"] for e in timings if "/colourised/" in e["url"])
     assert colour_start >= min(historic_end, 1500.0) - 50.0, (colour_start, historic_end)
+    # Each side asks only for the tiles on its side of the divider (and the column it crosses),
+    # not for the whole map: the hidden half of the colourised layer would cost the model.
+    sides = driver.execute_script(SIDE_TILES)
+    divider = sides["divider"]
+    assert divider - sides["left"] > 300  # the map's left edge is more than a tile away
+    assert sides["colourised"] and all(r["right"] > divider and r["left"] > divider - 256
+                                       for r in sides["colourised"]), sides
+    assert sides["historic"] and all(r["left"] < divider and r["right"] < divider + 256
+                                     for r in sides["historic"]), sides
     left = driver.find_element(By.ID, "label-left").text
     right = driver.find_element(By.ID, "label-right").text
     assert "Historic" in left and "SYNTHETIC" in left
@@ -77,6 +95,9 @@ def test_swipe_shows_gray_history_beside_estimated_colour(web: WebApp, driver, t
     value = float(driver.execute_script("return document.querySelector('.leaflet-sbs-range').value"))
     assert 0.25 < value < 0.35, value
     wait_for_tiles(driver, timeout_s=120)
+    moved = driver.execute_script(SIDE_TILES)  # the colourised side follows the swipe
+    assert moved["divider"] < divider - 150
+    assert min(r["left"] for r in moved["colourised"]) <= moved["divider"], moved
     time.sleep(0.3)
     shot = screenshot(driver)
     path = tmp_path / "app.png"
@@ -118,3 +139,14 @@ def test_upload_in_the_page_returns_a_coloured_image(web: WebApp, driver, tmp_pa
         out = np.asarray(img.convert("RGBA"))
     assert out.shape[:2] == gray.shape and chroma(out) > 1.0 and chroma(np.dstack([gray] * 3)) == 0
     assert "COLOURISED" in driver.find_element(By.ID, "result-text").text
+
+
+def test_the_swipe_can_start_where_the_address_says(web: WebApp, driver) -> None:
+    driver.get(web.url + "?view=erie&swipe=0.1")
+    wait_for_tiles(driver, timeout_s=180)
+    sides = driver.execute_script(SIDE_TILES)
+    width = sides["right"] - sides["left"]
+    assert abs(sides["divider"] - sides["left"] - 0.1 * width) < 40, sides
+    # Nearly the whole map is the colourised side, so its tiles reach the left edge.
+    assert min(r["left"] for r in sides["colourised"]) <= sides["divider"]
+    assert min(r["left"] for r in sides["colourised"]) < sides["left"] + 256

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.app_browser import BusySampler, first_view
+from bench.app_browser import BusySampler, first_view, swipe_address
 
 
 def test_first_view_is_the_last_colourised_arrival_from_navigation_start() -> None:
@@ -62,3 +62,12 @@ def test_a_benchmarks_scratch_data_folder_is_removed_when_it_exits(tmp_path: Pat
                          cwd=Path(__file__).resolve().parents[1])
     made = Path(out.stdout.strip())
     assert made.parent == tmp_path and not made.exists()
+
+
+def test_the_swipe_goes_into_the_address_and_a_share_outside_the_map_is_an_error() -> None:
+    assert swipe_address(None) == ""
+    assert swipe_address(0.0) == "&swipe=0"
+    assert swipe_address(0.25) == "&swipe=0.25"
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(SystemExit, match=r"outside 0\.\.1"):
+            swipe_address(bad)

@@ -5,7 +5,7 @@
 
   var ROLE_NAMES = { historic: 'Historic', colourised: 'Colourised', modern: 'Modern' };
   var app = { views: {}, view: null, map: null, layers: {}, base: null, sbs: null, outline: null,
-              loading: {}, upload: null };
+              loading: {}, upload: null, sides: null };
   window.luminescence = app;  // for the browser test and the curious
 
   function $(id) { return document.getElementById(id); }
@@ -35,9 +35,40 @@
   }
 
   // ------------------------------------------------------------------ layers
+  // The part of the map (container x from, to) where a layer can be seen: its side of the
+  // swipe, or null for all of it (a layer on both sides, or the opacity base under them).
+  function visibleSpan(layer) {
+    if (!app.sides || !app.sbs || !app.map) { return null; }
+    var onLeft = app.sides.left === layer, onRight = app.sides.right === layer;
+    if (onLeft === onRight) { return null; }
+    var x = app.sbs.getPosition();
+    return onLeft ? [0, x] : [x, app.map.getSize().x];
+  }
+
+  // A tile layer that asks only for the tiles on its side of the swipe (and the column the
+  // divider crosses): the hidden half of the colourised layer would cost the model as much
+  // as the half a user sees. Moving the swipe brings in what it uncovers (followSwipe).
+  var SideTileLayer = L.TileLayer.extend({
+    _getTiledPixelBounds: function (center) {
+      var bounds = L.TileLayer.prototype._getTiledPixelBounds.call(this, center);
+      var span = visibleSpan(this);
+      if (!span) { return bounds; }
+      var perPx = (bounds.max.x - bounds.min.x) / this._map.getSize().x;
+      return L.bounds([bounds.min.x + span[0] * perPx, bounds.min.y],
+                      [bounds.min.x + span[1] * perPx, bounds.max.y]);
+    }
+  });
+
+  function followSwipe() {
+    if (!app.sides) { return; }
+    [app.sides.left, app.sides.right].forEach(function (layer) {
+      if (layer && app.map.hasLayer(layer) && layer._tileZoom !== undefined) { layer._update(); }
+    });
+  }
+
   function tileLayer(view, role) {
     var info = view.layers[role];
-    var layer = L.tileLayer('/tiles/' + encodeURIComponent(view.name) + '/' + role + '/{z}/{x}/{y}', {
+    var layer = new SideTileLayer('/tiles/' + encodeURIComponent(view.name) + '/' + role + '/{z}/{x}/{y}', {
       minZoom: view.min_zoom, maxZoom: view.zoom + 2, minNativeZoom: view.min_zoom, maxNativeZoom: view.zoom,
       bounds: L.latLngBounds(view.bounds), attribution: escapeHtml(info.attribution || ''),
       keepBuffer: 1, updateWhenZooming: false, crossOrigin: false
@@ -99,6 +130,8 @@
 
   function arrange() {
     var view = app.view, map = app.map, chosen = roles();
+    // Before any layer joins the map, so that it asks only for its own side's tiles.
+    app.sides = { left: app.layers[chosen.left], right: app.layers[chosen.right] };
     Object.keys(app.layers).forEach(function (role) {
       if (role !== chosen.left && role !== chosen.right && map.hasLayer(app.layers[role])) {
         map.removeLayer(app.layers[role]);
@@ -208,6 +241,14 @@
     app.map = L.map('map', { zoomControl: true, attributionControl: true, fadeAnimation: false });
     L.control.scale({ imperial: false, maxWidth: 160 }).addTo(app.map);
     app.sbs = L.control.sideBySide([], []).addTo(app.map);
+    app.sbs.on('dividermove', L.Util.throttle(followSwipe, 100));
+    var params = new URLSearchParams(location.search);
+    var swipe = parseFloat(params.get('swipe'));  // e.g. ?view=erie&swipe=0.3: where the divider starts
+    if (swipe >= 0 && swipe <= 1) {
+      var range = document.querySelector('.leaflet-sbs-range');
+      range.value = swipe;
+      range.dispatchEvent(new Event('input'));
+    }
     var select = $('view');
     data.views.forEach(function (view) {
       app.views[view.name] = view;
@@ -225,7 +266,7 @@
     $('export').addEventListener('click', exportView);
     $('upload').addEventListener('change', uploadPhoto);
     $('result-close').addEventListener('click', function () { $('result').hidden = true; });
-    var wanted = new URLSearchParams(location.search).get('view');
+    var wanted = params.get('view');
     showView(wanted && app.views[wanted] ? wanted : data.views[0].name);
     select.value = app.view.name;
   }
