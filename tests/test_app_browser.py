@@ -150,3 +150,46 @@ def test_the_swipe_can_start_where_the_address_says(web: WebApp, driver) -> None
     # Nearly the whole map is the colourised side, so its tiles reach the left edge.
     assert min(r["left"] for r in sides["colourised"]) <= sides["divider"]
     assert min(r["left"] for r in sides["colourised"]) < sides["left"] + 256
+
+
+def test_the_address_keeps_the_place_the_sides_and_the_swipe(web: WebApp, driver) -> None:
+    """A link brings someone to the same spot: the page reads view, sides, swipe and place from
+    the address and writes them back as the user moves; nonsense falls back to the defaults."""
+    from urllib.parse import parse_qs, urlparse
+
+    def query() -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(urlparse(driver.current_url).query).items()}
+
+    driver.get(web.url + "?view=erie")
+    wait_for_tiles(driver, timeout_s=180)
+    start = query()
+    assert start["view"] == "erie" and start["left"] == "historic" and start["right"] == "colourised"
+    zoom = int(start["z"])
+    lat, lng = float(start["lat"]) + 0.0004, float(start["lng"]) - 0.0006  # a few tiles away
+
+    driver.get(web.url + f"?view=erie&left=modern&right=colourised&swipe=0.4&lat={lat}&lng={lng}&z={zoom}")
+    wait_for_tiles(driver, timeout_s=180)
+    state = driver.execute_script("""
+        const app = window.luminescence, c = app.map.getCenter();
+        return {left: document.getElementById('left').value, right: document.getElementById('right').value,
+                lat: c.lat, lng: c.lng, z: app.map.getZoom(),
+                swipe: parseFloat(document.querySelector('.leaflet-sbs-range').value)};""")
+    assert state["left"] == "modern" and state["right"] == "colourised"
+    assert state["z"] == zoom and abs(state["swipe"] - 0.4) < 1e-6
+    assert abs(state["lat"] - lat) < 1e-5 and abs(state["lng"] - lng) < 1e-5
+    assert "Modern" in driver.find_element("id", "label-left").text
+
+    # Moving the map and switching a side rewrite the address.
+    driver.execute_script("window.luminescence.map.panBy([300, 0], {animate: false});")
+    wait_for(lambda: abs(float(query()["lng"]) - lng) > 1e-4, 10, "the address to follow the map")
+    driver.execute_script("const s = document.getElementById('left'); s.value = 'historic';"
+                          "s.dispatchEvent(new Event('change'));")
+    wait_for(lambda: query()["left"] == "historic", 10, "the address to follow the sides")
+
+    # An address that names nothing known: the view's own defaults, no error.
+    driver.get(web.url + "?view=constructor&left=toString&right=__proto__&lat=999&lng=0&z=3")
+    wait_for_tiles(driver, timeout_s=180)
+    fallback = query()
+    assert fallback["left"] == "historic" and fallback["right"] == "colourised"
+    assert int(fallback["z"]) == zoom and abs(float(fallback["lat"]) - lat) < 0.01
+    assert not driver.find_element("id", "message").is_displayed()

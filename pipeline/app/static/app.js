@@ -22,6 +22,9 @@
                                 function () { return response.status + ' ' + response.statusText; });
   }
 
+  // An address can say anything: only an object's own keys count (not 'constructor' and the like).
+  function known(table, key) { return key !== null && Object.prototype.hasOwnProperty.call(table, key); }
+
   function escapeHtml(text) {
     var div = document.createElement('div');
     div.textContent = text || '';
@@ -157,9 +160,33 @@
     app.sbs.setRightLayers(app.layers[chosen.right]);
     $('label-left').innerHTML = label(view, chosen.left);
     $('label-right').innerHTML = label(view, chosen.right);
+    remember();
   }
 
-  function showView(name) {
+  // ------------------------------------------------------------------ the address
+  // The address says what the map shows (view, sides, swipe, place), so a link brings someone
+  // to the same spot: ?view=erie_film&left=historic&right=colourised&swipe=0.5&lat=…&lng=…&z=19
+  function placeIn(params, view) {
+    var lat = parseFloat(params.get('lat')), lng = parseFloat(params.get('lng'));
+    var zoom = parseInt(params.get('z'), 10);
+    if (!(isFinite(lat) && isFinite(lng) && isFinite(zoom))) { return null; }
+    if (!L.latLngBounds(view.bounds).pad(0.5).contains([lat, lng])) { return null; }  // not this view's
+    return { center: [lat, lng], zoom: Math.min(Math.max(zoom, view.min_zoom), view.zoom + 2) };
+  }
+
+  function swipeShare() { return parseFloat(document.querySelector('.leaflet-sbs-range').value); }
+
+  function remember() {
+    if (!app.view || !window.history || !history.replaceState) { return; }
+    var centre = app.map.getCenter(), chosen = roles();
+    var query = new URLSearchParams({
+      view: app.view.name, left: chosen.left, right: chosen.right, swipe: swipeShare().toFixed(3),
+      lat: centre.lat.toFixed(6), lng: centre.lng.toFixed(6), z: String(app.map.getZoom())
+    });
+    history.replaceState(null, '', location.pathname + '?' + query.toString());
+  }
+
+  function showView(name, at) {
     var view = app.views[name];
     app.view = view;
     showMessage('');
@@ -173,7 +200,7 @@
     map.setMinZoom(view.min_zoom);
     map.setMaxZoom(view.zoom + 2);
     map.setMaxBounds(L.latLngBounds(view.bounds).pad(0.5));
-    map.setView(view.center, view.zoom, { animate: false });
+    map.setView(at ? at.center : view.center, at ? at.zoom : view.zoom, { animate: false });
     app.outline = L.geoJSON(view.aoi, { style: { color: '#ffcc00', weight: 2, fill: false },
                                         interactive: false }).addTo(map);
     arrange();
@@ -243,7 +270,7 @@
     app.sbs = L.control.sideBySide([], []).addTo(app.map);
     app.sbs.on('dividermove', L.Util.throttle(followSwipe, 100));
     var params = new URLSearchParams(location.search);
-    var swipe = parseFloat(params.get('swipe'));  // e.g. ?view=erie&swipe=0.3: where the divider starts
+    var swipe = parseFloat(params.get('swipe'));  // where the divider starts (see remember)
     if (swipe >= 0 && swipe <= 1) {
       var range = document.querySelector('.leaflet-sbs-range');
       range.value = swipe;
@@ -257,8 +284,8 @@
     ['left', 'right'].forEach(function (side) {
       Object.keys(ROLE_NAMES).forEach(function (role) { $(side).add(new Option(ROLE_NAMES[role], role)); });
     });
-    $('left').value = 'historic';
-    $('right').value = 'colourised';
+    $('left').value = known(ROLE_NAMES, params.get('left')) ? params.get('left') : 'historic';
+    $('right').value = known(ROLE_NAMES, params.get('right')) ? params.get('right') : 'colourised';
     select.addEventListener('change', function () { showView(select.value); });
     $('left').addEventListener('change', arrange);
     $('right').addEventListener('change', arrange);
@@ -266,9 +293,11 @@
     $('export').addEventListener('click', exportView);
     $('upload').addEventListener('change', uploadPhoto);
     $('result-close').addEventListener('click', function () { $('result').hidden = true; });
-    var wanted = params.get('view');
-    showView(wanted && app.views[wanted] ? wanted : data.views[0].name);
+    var wanted = params.get('view'), first = known(app.views, wanted) ? wanted : data.views[0].name;
+    showView(first, placeIn(params, app.views[first]));
     select.value = app.view.name;
+    app.map.on('moveend', remember);
+    document.querySelector('.leaflet-sbs-range').addEventListener('change', remember);
   }
 
   fetch('/api/views').then(function (r) {
