@@ -176,15 +176,20 @@
 
   function swipeShare() { return parseFloat(document.querySelector('.leaflet-sbs-range').value); }
 
-  function remember() {
+  function rememberNow() {
     if (!app.view || !window.history || !history.replaceState) { return; }
     var centre = app.map.getCenter(), chosen = roles();
     var query = new URLSearchParams({
       view: app.view.name, left: chosen.left, right: chosen.right, swipe: swipeShare().toFixed(3),
       lat: centre.lat.toFixed(6), lng: centre.lng.toFixed(6), z: String(app.map.getZoom())
     });
-    history.replaceState(null, '', location.pathname + '?' + query.toString());
+    try {
+      history.replaceState(null, '', location.pathname + '?' + query.toString());
+    } catch (e) { /* some browsers refuse many calls in a row; the next one catches up */ }
   }
+
+  // At most a few times a second (the opacity slider fires on every step), the last one kept.
+  var remember = L.Util.throttle(rememberNow, 250);
 
   function showView(name, at) {
     var view = app.views[name];
