@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.tile_seams [--model release/model.pt]
         [--store data/tiles/erie_village-erie_2011_film.mbtiles] [--margins 0,32] [--blocks 3]
-        [--norm-stats window,area,train] [--dataset gray] [--out FILE] [--picture PNG]
+        [--norm-stats file,window,area,train] [--dataset gray] [--out FILE] [--picture PNG]
 
 The colourise stage and the web app colourise each tile inside a context window (`margin`
 pixels of its neighbours around it) and keep the centre, so that a tile's edge pixels see the
@@ -14,18 +14,21 @@ sees shows its windows' edges. It also gives the mean a*b* distance to the same 
 colourised in one big window (the block and a tile of context all round), and the model's
 time per window.
 
-`--norm-stats` is an experiment on generators with instance norms (the release model's
-decoder): `window` is what the stages do (each window normalised by its own statistics);
-`area` and `train` make every instance norm use per-channel statistics averaged over many
-windows first (forward hooks, `SharedNormStats`): those of the store's own tiles (`area`), or
-of the training split of `--dataset` (`train`). With `--dataset`, each variant is also scored
-as the evaluate stage scores a model on that dataset's held-out area (whole tiles, ΔE2000 mean
-against the real colours). The tile stores and datasets come from `make repro`.
+`--norm-stats` compares ways for a generator's instance norms (the release model's decoder) to
+normalise: `file` is what the stages do (the model file's fixed statistics where it has them,
+models/networks/norm_stats.py, else each window's own); `window` forces each window's own
+statistics; `area` and `train` are experiments that make every instance norm use per-channel
+statistics averaged over many windows first (forward hooks, `SharedNormStats`): those of the
+store's own tiles (`area`), or of the training split of `--dataset` (`train`). With
+`--dataset`, each variant is also scored as the evaluate stage scores a model on that
+dataset's held-out area (whole tiles, ΔE2000 mean against the real colours). The tile stores
+and datasets come from `make repro`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -41,7 +44,8 @@ from bench.timing import write_report
 from pipeline.geo.tiles import TILE_SIZE, TileId
 
 BLOCK = 4  # tiles a side of a scored block
-NORM_STATS = ("window", "area", "train")
+AREA_WINDOWS = 64  # `area`: windows the statistics come from (the stages' default)
+NORM_STATS = ("file", "window", "area", "train")
 
 
 def edge_jump_ratio(ab: np.ndarray, tile: int = TILE_SIZE) -> tuple[float, float]:
@@ -241,8 +245,9 @@ def main() -> None:
                         help="a tile store at the model's zoom (default: the erie village's film layer, z19)")
     parser.add_argument("--margins", default="0,32", help="context margins in pixels, comma-separated")
     parser.add_argument("--blocks", type=int, default=3, help="4 x 4-tile blocks, picked at random (seed 0)")
-    parser.add_argument("--norm-stats", default="window",
-                        help="window (what the stages do), area, train (experiments)")
+    parser.add_argument("--norm-stats", default="file",
+                        help="file (what the stages do), window (each window's own), area, train "
+                             "(experiments)")
     parser.add_argument("--dataset", default=None,
                         help="a dataset of data/datasets: its train split gives `train` statistics, and "
                              "each variant is also scored on its held-out area")
@@ -270,10 +275,11 @@ def main() -> None:
 
     import torch
 
+    from models.networks.norm_stats import gray_batches, own_statistics
     from pipeline.datasets.storage import INPUT_CHANNEL, open_split
     from pipeline.geo.pixels import GrayTiles
     from pipeline.geo.tilestore import TileStore
-    from pipeline.inference.colourise import context_margin, size_multiple
+    from pipeline.inference.colourise import context_margin, fit_area_norm_stats, size_multiple
     from pipeline.inference.layout import use_fast_layout
     from pipeline.training.checkpoint import load_model
 
@@ -287,7 +293,7 @@ def main() -> None:
         raise SystemExit(f"error: --margins {wrong}: {net_g} needs windows (256 + 2 x margin) that are "
                          f"multiples of {multiple}")
     norms = SharedNormStats(model.nets["G"])
-    if variants != ["window"] and not norms.norms:
+    if not set(variants) <= {"file", "window"} and not norms.norms:
         raise SystemExit(f"error: {net_g} has no instance norms: "
                          "--norm-stats other than window would change nothing")
 
@@ -295,7 +301,8 @@ def main() -> None:
     with TileStore(args.store, readonly=True) as store:
         tiles = GrayTiles(store)
         zoom = store.zoom
-        candidates = opaque_blocks(tiles, set(store.tiles()), zoom)
+        store_tiles = store.tiles()
+        candidates = opaque_blocks(tiles, set(store_tiles), zoom)
         if not candidates:
             raise SystemExit(f"error: {args.store} has no {BLOCK} x {BLOCK} block of opaque tiles with "
                              "neighbours all round")
@@ -306,33 +313,42 @@ def main() -> None:
         panels: list[tuple[str, np.ndarray]] = []
         stage_margin = context_margin(multiple)
         shown_margin = stage_margin if stage_margin in margins else margins[-1]
-        sampled = rng.choice(len(candidates), min(24, len(candidates)), replace=False)
-        # opaque_blocks checked that every one of these tiles is there
-        store_sample = np.stack([np.asarray(tiles.get(candidates[i]))[..., 0] for i in sampled])
         train = open_split(dataset_dir, "train")[::3, ..., INPUT_CHANNEL] if dataset_dir is not None else None
 
         def collect(images: np.ndarray) -> None:
-            with norms.collecting():
+            with norms.collecting(), own_statistics(model.nets["G"]):
                 for start in range(0, len(images), 4):
                     colourise(model, images[start:start + 4])
+
+        def normalising(variant: str) -> Any:
+            if variant == "window":
+                return own_statistics(model.nets["G"])
+            return norms.shared() if variant == "train" else _nothing()
+
 
         for variant in variants:
             heldout = ""
             if dataset_dir is not None:
-                if variant == "area":  # the held-out tiles' own statistics
-                    collect(open_split(dataset_dir, "heldout")[..., INPUT_CHANNEL])
-                elif variant == "train" and train is not None:
+                if variant == "train" and train is not None:
                     collect(train)
-                with norms.shared() if variant != "window" else _nothing():
-                    de, n = heldout_delta_e(model, dataset_dir)
+                heldout_gray = open_split(dataset_dir, "heldout")[..., INPUT_CHANNEL]
+                scored_model = model
+                if variant == "area":  # a copy given the held-out tiles' statistics, as evaluate does
+                    scored_model = copy.deepcopy(model)
+                    scored_model.fit_norm_stats(gray_batches(heldout_gray, AREA_WINDOWS, 4))
+                with normalising(variant):
+                    de, n = heldout_delta_e(scored_model, dataset_dir)
                 heldout = f"{de:.2f} (N {n})"
-            if variant == "area":  # the store's own tiles
-                collect(store_sample)
-            elif variant == "train" and train is not None:
+            if variant == "train" and train is not None:
                 collect(train)
             for margin in margins:
-                with norms.shared() if variant != "window" else _nothing():
-                    scored, mosaic = score_blocks(model, tiles, corners, margin)
+                scored_model = model
+                if variant == "area":  # a copy given the store's statistics, as colourise does
+                    scored_model = copy.deepcopy(model)
+                    fit_area_norm_stats(scored_model, tiles, store_tiles, margin=margin, windows=AREA_WINDOWS,
+                                        batch_size=2)
+                with normalising(variant):
+                    scored, mosaic = score_blocks(scored_model, tiles, corners, margin)
                 rows.append((variant, margin, scored, heldout))
                 if margin == shown_margin:
                     panels.append((f"{variant} statistics, margin {margin}: seams {scored['cols']:.2f} / "

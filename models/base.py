@@ -98,6 +98,7 @@ class GANModel(ABC):
     # True: colourise() draws a random latent code (multimodal output); the evaluator seeds the
     # draws and scores several of them.
     samples_latent: ClassVar[bool] = False
+    colourising_net: ClassVar[str] = "G"  # the network colourise() runs (CycleGAN: G_A)
 
     def __init__(self, opts: ModelOptions, device: torch.device) -> None:
         self.opts = opts
@@ -119,6 +120,26 @@ class GANModel(ABC):
         """Inference: (B, 1, H, W) gray in [0, 1] -> (B, 3, H, W) RGB in [0, 1]."""
 
     # -------------------------------------------------------------- shared
+    def fit_norm_stats(self, gray_batches: Iterable[torch.Tensor]) -> int:
+        """Fix the colourising network's instance-norm statistics to those of these inputs (an
+        area's gray windows, (B, 1, H, W) in [0, 1]), so that every window of the area is then
+        normalised alike (models/networks/norm_stats.py). Returns how many norms were fixed (0
+        for a network without instance norms, which is left as it is)."""
+        from models.networks.norm_stats import fix_norm_stats, gathering, instance_norms
+
+        net = self.nets[self.colourising_net]
+        if not instance_norms(net):
+            return 0
+        # forked and seeded: a latent-code model's random codes make the statistics no less
+        # repeatable, and its later draws stay those its own seed gives
+        with gathering(net) as gatherer, torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for gray in gray_batches:
+                self.colourise(gray.to(self.device))
+            stats = gatherer.result()
+        fix_norm_stats(net, stats)
+        return len(stats)
+
     def optimizer_step(self, name: str) -> None:
         """Step one optimizer (after averaging gradients when distributed)."""
         opt = self.optimizers[name]

@@ -298,3 +298,50 @@ def test_colourise_is_georeferenced_and_uses_neighbour_context(trained: Path,
     with TileStore(trained / "data" / "colourised" / "erie.mbtiles", readonly=True) as out:
         assert out.complete and len(out.tiles()) == NX * NY
     assert (trained / "reports" / "colourised" / "erie.png").exists()
+
+
+def test_instance_norm_models_colour_each_area_with_its_own_statistics(
+        trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BicycleGAN's generator has instance norms: the evaluate stage gives them each scored area's
+    statistics (its gray tiles only), afresh for every area; batch-normalised pix2pix is left as is."""
+    from pipeline.results.evaluation import load_areas, model_predictor
+
+    monkeypatch.chdir(trained)
+    params = parse_params(_params(trained, ALL))
+    _, _, areas = load_areas("real")
+    test, heldout = areas
+    predict, extra = model_predictor("bic", params, progress=False)
+    assert extra["norm_stats"].startswith("area")
+    first = predict(test)[0]
+    predict(heldout)
+    assert all(np.array_equal(a, b) for a, b in zip(predict(test)[0], first, strict=True))
+    own_stats = params.evaluate.model_copy(update={"norm_stats": "model"})
+    as_trained = params.model_copy(update={"evaluate": own_stats})
+    predict_own, extra_own = model_predictor("bic", as_trained, progress=False)
+    assert "norm_stats" not in extra_own
+    assert not all(np.array_equal(a, b) for a, b in zip(predict_own(test)[0], first, strict=True))
+    assert "norm_stats" not in model_predictor("p2p_rgb", params, progress=False)[1]
+
+
+def test_colourise_gives_instance_norms_the_areas_statistics(trained: Path, tmp_path: Path) -> None:
+    from pipeline.geo.tilestore import TileStore
+    from pipeline.inference.colourise import ColouriseError, run
+
+    store = trained / "data" / "tiles" / "erie.mbtiles"
+    model = trained / "runs" / "bic" / "model.pt"
+    out = tmp_path / "area.mbtiles"
+    line = run(model, store, out, geotiff=None, preview=None, margin=None, luma="rec601", device_name="cpu",
+               batch_size=2, progress=False, norm_stats_windows=4)
+    assert "instance norms used the area's statistics, from 4 of its windows" in line
+    with TileStore(out, readonly=True) as done:
+        assert done.metadata["norm_stats"] == "area (4 windows)" and done.complete
+        area_tiles = {t: done.get(t) for t in done.tiles()}
+    with pytest.raises(ColouriseError, match="another colourisation"):  # a resume must not mix the two
+        run(model, store, out, geotiff=None, preview=None, margin=None, luma="rec601", device_name="cpu",
+            batch_size=2, progress=False)
+    own = tmp_path / "own.mbtiles"
+    assert "area's statistics" not in run(model, store, own, geotiff=None, preview=None, margin=None,
+                                          luma="rec601", device_name="cpu", batch_size=2, progress=False)
+    with TileStore(own, readonly=True) as done:
+        assert done.metadata["norm_stats"] == "model"
+        assert any(done.get(t) != data for t, data in area_tiles.items())

@@ -12,9 +12,11 @@ import pytest
 import torch
 import yaml
 
+from models.networks.norm_stats import fixed_norm_stats
 from pipeline.core.paths import RELEASE_DIR
 from pipeline.results.release_card import (
     bootstrap_interval,
+    fix_release_norm_stats,
     render_model_card,
     run_release,
     score_release,
@@ -31,9 +33,10 @@ def released(tiny: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
     torch.set_num_threads(1)
     params = _params(tiny, max_val_crops=2)
     release = params.release.model_copy(update={
-        "options": {"netG": "unet_effnet_lite1", "color_space": "lab", "ngf": 8, "ndf": 8,
+        "options": {"netG": "unet_effnet_lite1", "color_space": "lab", "ngf": 8, "ndf": 8, "norm": "instance",
                     "encoder_warmup_iters": 2},
-        "batch_size": 1, "val_every": 2, "held_out_crops": 3, "steps": 3, "decay_steps": 1})
+        "batch_size": 1, "val_every": 2, "held_out_crops": 3, "steps": 3, "decay_steps": 1,
+        "norm_stats": "training_data", "norm_stats_samples": 6})
     params = params.model_copy(update={"release": release})
     out = tmp_path_factory.mktemp("release_out")
     try:
@@ -53,7 +56,9 @@ def test_the_stage_writes_every_output_from_one_run(released: tuple[Path, dict[s
     assert rows[0].startswith("step\tseconds\tval_delta_e2000_clean\tval_delta_e2000_film") and len(rows) == 3
     assert train["kept_step"] in (2, 4) and train["val"]["gray_delta_e2000_clean"] > 0
     held = record["held_out"]["held_layer"]
-    assert held["windows"] == 3 and set(held) == {"windows", "window_px", "clean", "film"}
+    assert held["windows"] == 3 and set(held) == {"windows", "window_px", "clean", "film",
+                                                  "area_stats_windows", "clean_area", "film_area"}
+    assert held["area_stats_windows"] == 3  # instance norms: also scored with the area's statistics
     low, high = held["clean"]["difference_ci95"]
     assert low <= held["clean"]["difference_mean"] <= high
     model = load_model(out / "model.pt")  # what users load, e.g. `colourise --model release/model.pt`
@@ -69,6 +74,7 @@ def test_the_model_card_numbers_come_from_the_record(released: tuple[Path, dict[
     assert f"{held['delta_e2000_mean']:.2f}" in card
     assert f"{record['train']['val']['delta_e2000_clean']:.2f}" in card
     assert "synthetic" in card.lower() and "NYSDOP" in card and "no CC licence" in card
+    assert "| held_layer | clean, area statistics (3 windows) | 3 |" in card
     changed = copy.deepcopy(record)
     changed["held_out"]["held_layer"]["clean"]["delta_e2000_mean"] = 123.456
     assert "123.46" in render_model_card(changed) and "123.46" not in card
@@ -85,6 +91,35 @@ def test_score_only_rewrites_the_scores_and_card_from_the_saved_run(
     assert rescored["held_out"]["held_layer"]["windows"] == 2
     assert (out / "MODEL_CARD.md").read_text() == render_model_card(rescored)
     score_release(params.model_copy(update={"release": params.release}), out)  # restore for other tests
+
+
+def test_the_release_model_keeps_fixed_norm_statistics_from_training_inputs(
+        released: tuple[Path, dict[str, Any]], tiny: dict[str, Any]) -> None:  # noqa: F811
+    out, record = released
+    gathered = record["train"]["norm_stats"]
+    assert gathered["samples"] == 6 and gathered["network"] == "G" and gathered["norms"] > 0
+    stats = fixed_norm_stats(load_model(out / "model.pt").nets["G"])
+    assert stats is not None and len(stats) == gathered["norms"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "fixed statistics, gathered over 6 training inputs" in card
+    # --norm-stats-only: `window` drops them, `training_data` gathers the same ones again (same
+    # weights, same sample streams), without retraining
+    params = _params(tiny, max_val_crops=2)
+    release = params.release.model_copy(update={
+        "options": record["train"]["options"], "held_out_crops": 3, "norm_stats": "training_data",
+        "norm_stats_samples": 6})
+    dropped = fix_release_norm_stats(
+        params.model_copy(update={"release": release.model_copy(update={"norm_stats": "window"})}), out,
+        progress=False)
+    assert dropped["train"]["norm_stats"] is None
+    assert fixed_norm_stats(load_model(out / "model.pt").nets["G"]) is None
+    assert "statistics of the area being coloured" in (out / "MODEL_CARD.md").read_text()
+    again = fix_release_norm_stats(params.model_copy(update={"release": release}), out, progress=False)
+    assert again["train"]["norm_stats"]["samples"] == 6
+    regathered = fixed_norm_stats(load_model(out / "model.pt").nets["G"])
+    assert regathered is not None and all(torch.allclose(stats[k]["var"], regathered[k]["var"], rtol=1e-5)
+                                          for k in stats)
+    assert again["train"]["kept_step"] == record["train"]["kept_step"]
 
 
 def test_max_minutes_stops_early_and_keeps_validated_weights(

@@ -47,6 +47,7 @@ class CycleGANOptions(PretrainedEncoderOptions):
 @register_model
 class CycleGANModel(ColourGAN):
     name = "cyclegan"
+    colourising_net = "G_A"
     Options = CycleGANOptions
     opts: CycleGANOptions
     paired = False

@@ -292,6 +292,12 @@ class EvaluateConfig(Strict):
     kid_subsets: int = Field(default=100, ge=1)
     kid_subset_size: int = Field(default=1000, ge=2)
     seed: int = 0
+    # Instance-norm statistics when a model colourises an area (models/networks/norm_stats.py):
+    # "area" gathers them over up to `norm_stats_windows` of the area's own inputs (never its
+    # colours) and uses them for every window, so windows match (no seams); "model": as the model
+    # file has them (each window's own, unless the file carries fixed ones).
+    norm_stats: Literal["area", "model"] = "area"
+    norm_stats_windows: int = Field(default=64, ge=1)
 
 
 class BaselineConfig(Strict):
@@ -339,6 +345,12 @@ class ColouriseConfig(Strict):
     model: Annotated[str, AfterValidator(_model_file)] = "release/model.pt"
     store: str  # fetch key of the tile store to colourise
     margin: int | None = Field(default=None, ge=0)  # context pixels; None: smallest that fits G
+    # Instance-norm statistics when a model colourises an area (models/networks/norm_stats.py):
+    # "area" gathers them over up to `norm_stats_windows` of the area's own inputs (never its
+    # colours) and uses them for every window, so windows match (no seams); "model": as the model
+    # file has them (each window's own, unless the file carries fixed ones).
+    norm_stats: Literal["area", "model"] = "area"
+    norm_stats_windows: int = Field(default=64, ge=1)
 
 
 # --------------------------------------------------------------------------- release
@@ -412,6 +424,11 @@ class ReleaseConfig(Strict):
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads (None: torch's default)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_weights_mb: float = Field(default=50.0, gt=0)  # model.pt must stay small enough for git
+    # Instance norms after training: "window" keeps each input's own statistics; "training_data"
+    # fixes them, gathered over `norm_stats_samples` training inputs (film augmentation included),
+    # so every window is normalised alike (no seams), at a cost on unseen areas (docs/model-defaults.md).
+    norm_stats: Literal["window", "training_data"] = "window"
+    norm_stats_samples: int = Field(default=256, ge=1)
 
 
 # --------------------------------------------------------------------------- app

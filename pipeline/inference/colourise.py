@@ -98,11 +98,33 @@ class ColouriseReport:
     margin: int
     seconds: float
     undecodable: int = 0  # input tiles whose bytes are not an image: recorded as failed, skipped
+    norm_stats_windows: int = 0  # windows the area's instance-norm statistics came from (0: none)
+
+
+def fit_area_norm_stats(model: Any, gray_tiles: GrayTiles, tiles: list[TileId], *, margin: int,
+                        windows: int, batch_size: int) -> int:
+    """Give the model's instance norms the statistics of this area: gathered over the context
+    windows of up to `windows` of its tiles, evenly spread over them (all tiles with data, done
+    or not, so a resumed run gets the same ones). Returns the windows used (0: the model has no
+    instance norms)."""
+    from models.networks.norm_stats import gray_batches, instance_norms, spread
+
+    if not instance_norms(model.nets[model.colourising_net]):
+        return 0
+    usable = [t for t in tiles if gray_tiles.get(t) is not None]
+    if not usable:
+        return 0
+    picked = [usable[i] for i in spread(len(usable), windows)]
+    sample = np.stack([context_window(gray_tiles, t, margin) for t in picked])
+    model.fit_norm_stats(gray_batches(sample, len(sample), batch_size))
+    return len(sample)
 
 
 def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: int, luma: str,
-                    device: Any, batch_size: int = 4, progress: bool = True) -> ColouriseReport:
-    """Colourise every tile with data in `source` into `out` (resumable: done tiles are skipped)."""
+                    device: Any, batch_size: int = 4, progress: bool = True,
+                    norm_stats_windows: int | None = None) -> ColouriseReport:
+    """Colourise every tile with data in `source` into `out` (resumable: done tiles are skipped).
+    norm_stats_windows: give instance norms the area's statistics first (`fit_area_norm_stats`)."""
     import time
 
     import torch
@@ -110,8 +132,12 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
 
     gray_tiles = GrayTiles(source, luma, skip_undecodable=True)  # a damaged tile: skipped, counted
     done = set(out.tiles(TileStatus.OK))
-    todo = [t for t in source.tiles(TileStatus.OK) if t not in done]
+    all_tiles = source.tiles(TileStatus.OK)
+    todo = [t for t in all_tiles if t not in done]
     start = time.perf_counter()
+    fitted = (fit_area_norm_stats(model, gray_tiles, all_tiles, margin=margin, windows=norm_stats_windows,
+                                  batch_size=batch_size)
+              if norm_stats_windows and todo else 0)
     n = TILE_SIZE
     with torch.inference_mode(), tqdm(total=len(todo), desc="colourising", unit="tile",
                                       disable=not progress) as bar:
@@ -140,7 +166,8 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
             bar.update(len(batch))
     failed = len([t for t in todo if t in gray_tiles.undecodable])
     return ColouriseReport(tiles=len(todo) - failed, colour_input_tiles=len(gray_tiles.colour_tiles),
-                           margin=margin, seconds=time.perf_counter() - start, undecodable=failed)
+                           margin=margin, seconds=time.perf_counter() - start, undecodable=failed,
+                           norm_stats_windows=fitted)
 
 
 def mosaic(store: TileStore) -> tuple[np.ndarray, tuple[float, float, float, float]]:
@@ -216,7 +243,10 @@ def write_preview(source: TileStore, out: TileStore, path: Path, *, luma: str, m
 
 
 def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | None, preview: Path | None,
-        margin: int | None, luma: str, device_name: str, batch_size: int, progress: bool) -> str:
+        margin: int | None, luma: str, device_name: str, batch_size: int, progress: bool,
+        norm_stats_windows: int | None = None) -> str:
+    """norm_stats_windows: instance norms use the area's statistics, gathered over this many
+    context windows (None: as the model file has them)."""
     from pipeline.inference.layout import use_fast_layout
     from pipeline.training.checkpoint import load_model
     from pipeline.training.devices import pick_device
@@ -241,12 +271,14 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
         raise ColouriseError(f"--margin {margin} gives {TILE_SIZE + 2 * margin}-pixel windows, but the "
                              f"model's {model.opts.netG} needs multiples of {multiple}; try "
                              f"--margin {context_margin(multiple, margin)}")
+    norm_label = f"area ({norm_stats_windows} windows)" if norm_stats_windows else "model"
     with TileStore(source_path, readonly=True) as source:
         meta = source.metadata
         if out_path.exists():
             with TileStore(out_path, readonly=True) as prev:
                 if prev.metadata.get("source_store") != str(source_path) or \
-                        prev.metadata.get("model") != str(model_file):
+                        prev.metadata.get("model") != str(model_file) or \
+                        prev.metadata.get("norm_stats", "model") != norm_label:
                     raise ColouriseError(f"{out_path} holds another colourisation; choose another --out "
                                          f"or delete it")
         tiles = source.tiles(TileStatus.OK)
@@ -262,11 +294,12 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
                                f"model's estimate, not observations",
                 "model": str(model_file), "source_store": str(source_path),
                 "source_layer": meta.get("layer", ""), "attribution": meta.get("attribution", ""),
-                "luma": luma, "margin": margin, "complete": "false",
+                "luma": luma, "margin": margin, "norm_stats": norm_label, "complete": "false",
                 "colourised_at": datetime.now(UTC).isoformat(timespec="seconds"),
             })
             report = colourise_store(model, source, out, margin=margin, luma=luma, device=device,
-                                     batch_size=batch_size, progress=progress)
+                                     batch_size=batch_size, progress=progress,
+                                     norm_stats_windows=norm_stats_windows)
             out.mark_complete()
             if geotiff:
                 write_geotiff(out, geotiff)
@@ -278,6 +311,9 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
         note += (f"; {report.undecodable} input tile{'s' if report.undecodable > 1 else ''} could not be "
                  f"decoded (damaged store) and {'were' if report.undecodable > 1 else 'was'} recorded as "
                  f"failed in {out_path}")
+    if report.norm_stats_windows:
+        note += (f"; instance norms used the area's statistics, from {report.norm_stats_windows} of its "
+                 "windows")
     rate = report.tiles / report.seconds if report.seconds > 0 else 0.0
     return (f"colourised {report.tiles} tiles of {source_path} with {model_file} ({margin}-px context "
             f"margin) in {report.seconds:.1f} s ({rate:.1f} tiles/s) -> {out_path}{note}")

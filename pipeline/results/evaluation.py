@@ -186,6 +186,7 @@ def model_predictor(name: str, params: Any, progress: bool,
     """An ablation's model (runs/<name>/model.pt), or the given model file."""
     import torch
 
+    from models.networks.norm_stats import gray_batches, instance_norms
     from pipeline.training.checkpoint import load_model
     from pipeline.training.devices import pick_device
 
@@ -204,6 +205,8 @@ def model_predictor(name: str, params: Any, progress: bool,
     draws = cfg.z_draws if model.samples_latent else 1
 
     def predict(area: Area) -> tuple[list[np.ndarray], np.ndarray]:
+        if cfg.norm_stats == "area":  # the area's own inputs, never its colours (as colourise does)
+            model.fit_norm_stats(gray_batches(area.gray, cfg.norm_stats_windows, cfg.batch_size))
         outputs = []
         for k in range(draws):
             torch.manual_seed(cfg.seed + k)  # draw k's latent codes: the same on every run
@@ -219,6 +222,9 @@ def model_predictor(name: str, params: Any, progress: bool,
         extra["options"] = options.get("options", {})
     if draws > 1:
         extra["latent_draws"] = draws
+    if cfg.norm_stats == "area" and instance_norms(model.nets[model.colourising_net]):
+        extra["norm_stats"] = ("area: each scored area's own statistics, from up to "
+                               f"{cfg.norm_stats_windows} of its gray tiles")
     return predict, extra
 
 

@@ -14,6 +14,7 @@ from the run that wrote it.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from eval.colour_metrics import delta_e2000, mean_colourfulness
 from models.base import GANModel
 from pipeline.core.config import Params, ReleaseConfig
 from pipeline.datasets.release import crop_inputs, held_out_crops
-from pipeline.training.release import colourise_u8, gray_as_rgb
+from pipeline.training.release import VAL_BATCH, colourise_u8, gray_as_rgb
 
 BOOTSTRAP_SAMPLES = 2000
 NYSDOP = "Orthoimagery: New York State ITS GIS Program Office, NYS Digital Orthoimagery Program (NYSDOP)."
@@ -58,18 +59,30 @@ def score_windows(model: GANModel, gray: np.ndarray, target: np.ndarray, device:
 
 def score_held_out(model: GANModel, release: ReleaseConfig, params: Params, device: torch.device
                    ) -> dict[str, Any]:
-    """{layer: {"windows": n, "clean": scores, "film": scores}} for every held-out layer."""
+    """{layer: {"windows": n, "clean": scores, "film": scores}} for every held-out layer: the model
+    as its file has it. A model with instance norms is also scored as the colourise stage runs it
+    ("clean_area", "film_area": the norms use statistics of up to `colourise.norm_stats_windows`
+    of that area's inputs, never its colours)."""
+    from models.networks.norm_stats import gray_batches, instance_norms
+
+    area_windows = params.colourise.norm_stats_windows if params.colourise else 64
+    adapts = bool(instance_norms(model.nets[model.colourising_net]))
     result: dict[str, Any] = {}
     for name in release.data.held_out:
         crops = held_out_crops(Path(params.sample.data_dir), name, release.data.val_crop_size,
                                release.held_out_crops)
         target = np.ascontiguousarray(crops.rgb.transpose(0, 2, 3, 1))
-        result[name] = {
-            "windows": len(crops), "window_px": release.data.val_crop_size,
-            "clean": score_windows(model, crop_inputs(crops, None), target, device, release.seed),
-            "film": score_windows(model, crop_inputs(crops, params.sample.film, release.seed), target, device,
-                                  release.seed),
-        }
+        inputs = {"clean": crop_inputs(crops, None),
+                  "film": crop_inputs(crops, params.sample.film, release.seed)}
+        result[name] = {"windows": len(crops), "window_px": release.data.val_crop_size,
+                        **{kind: score_windows(model, gray, target, device, release.seed)
+                           for kind, gray in inputs.items()}}
+        if adapts:
+            result[name]["area_stats_windows"] = min(area_windows, len(crops))
+            for kind, gray in inputs.items():
+                fitted = copy.deepcopy(model)  # the statistics change the copy only
+                fitted.fit_norm_stats(gray_batches(gray, area_windows, VAL_BATCH))
+                result[name][f"{kind}_area"] = score_windows(fitted, gray, target, device, release.seed)
     return result
 
 
@@ -133,6 +146,15 @@ def render_model_card(record: dict[str, Any]) -> str:
                      f"{r['encoder_sha256'][:16]}…), frozen for {opts.get('encoder_warmup_iters')} "
                      "iterations, then fine-tuned at "
                      f"{opts.get('encoder_lr_scale')} x the learning rate.")
+    norm = r.get("norm_stats")
+    if norm:
+        lines.append(f"- Instance norms: fixed statistics, gathered over {norm['samples']} training inputs "
+                     f"({norm['crop_size']} px, drawn as in training, film augmentation included), so every "
+                     "window of a map is coloured alike (no seams at window edges).")
+    elif opts.get("norm") == "instance":
+        lines.append("- Instance norms: no fixed statistics in the file; the colourise and evaluate stages "
+                     "give them the statistics of the area being coloured, the same for every window (rows "
+                     "marked *area statistics* below).")
     lines += [
         f"- Options: `{', '.join(f'{k}={v}' for k, v in sorted(opts.items()))}`.",
         "",
@@ -173,7 +195,9 @@ def render_model_card(record: dict[str, Any]) -> str:
         "## Held-out area (never trained on, never used for selection)",
         "",
         "Paired difference = model ΔE2000 − gray input ΔE2000 per window (negative is better), mean and 95% "
-        "bootstrap interval over windows.",
+        "bootstrap interval over windows. Inputs marked *area statistics* are colourised as the colourise "
+        "and evaluate stages run the model: its instance norms use statistics gathered over that area's "
+        "own inputs (never its colours) for every window; the others, each window's own.",
         "",
         "| layer | input | windows | ΔE2000 model | ΔE2000 gray | difference [95% CI] "
         "| colourfulness model / real |",
@@ -181,12 +205,16 @@ def render_model_card(record: dict[str, Any]) -> str:
     ]
     weaknesses = []
     for layer, res in record["held_out"].items():
-        for kind in ("clean", "film"):
+        for kind in ("clean", "film", "clean_area", "film_area"):
+            if kind not in res:
+                continue
             s = res[kind]
-            lines.append(f"| {layer} | {kind} | {res['windows']} | {s['delta_e2000_mean']:.2f} | "
+            label = kind.replace("_area", f", area statistics ({res.get('area_stats_windows')} windows)")
+            lines.append(f"| {layer} | {label} | {res['windows']} | {s['delta_e2000_mean']:.2f} | "
                          f"{s['gray_delta_e2000_mean']:.2f} | {_ci(s)} | "
                          f"{s['colourfulness']:.1f} / {s['real_colourfulness']:.1f} |")
-        clean, film = res["clean"], res["film"]
+        # the weaknesses of the model as the stages run it
+        clean, film = res.get("clean_area", res["clean"]), res.get("film_area", res["film"])
         loss = (film["delta_e2000_mean"] / clean["delta_e2000_mean"] - 1) * 100
         weaknesses.append(f"- {layer}: film-emulated input scores {loss:+.1f}% ΔE2000 against clean gray "
                           "input.")
@@ -240,6 +268,39 @@ def run_release(params: Params, out_dir: Path, *, steps: int | None = None, prog
     train = {**result.to_json(), "training_area_km2": data.training_area_km2(),
              "positions_by_layer": data.positions_by_layer()}
     atomic_write_bytes(out_dir / TRAIN_RECORD, (json.dumps(train, indent=2) + "\n").encode())
+    return score_release(params, out_dir)
+
+
+def fix_release_norm_stats(params: Params, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Gather (or, with `release.norm_stats: window`, drop) the fixed instance-norm statistics of
+    the model already in out_dir, rewrite its model.pt and training record, then score it as
+    `score_release` does (`--norm-stats-only`: no retraining)."""
+    from pipeline.core.files import atomic_write_bytes
+    from pipeline.datasets.release import build_release_data, release_batches
+    from pipeline.training.checkpoint import load_model, read_model_file, save_model_file
+    from pipeline.training.devices import pick_device
+    from pipeline.training.release import ReleaseError, gather_norm_stats
+
+    release = _release_section(params)
+    out_dir = Path(out_dir)
+    model_file, record_file = out_dir / "model.pt", out_dir / TRAIN_RECORD
+    try:
+        train = json.loads(record_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReleaseError(f"{record_file}: cannot read the training record ({exc}); "
+                           "train first with `make release`") from None
+    contents = read_model_file(model_file)
+    gathered = None
+    if release.norm_stats == "training_data":
+        device = pick_device(release.device)
+        model = load_model(model_file, device)
+        data = build_release_data(release.data, params)
+        gathered = gather_norm_stats(model, release_batches(data, release, params),
+                                     release.norm_stats_samples, device, progress=progress)
+    contents["norm_stats"], contents["norm_stats_source"] = gathered if gathered else (None, None)
+    save_model_file(model_file, contents)
+    train["norm_stats"] = gathered[1] if gathered else None
+    atomic_write_bytes(record_file, (json.dumps(train, indent=2) + "\n").encode())
     return score_release(params, out_dir)
 
 

@@ -498,6 +498,12 @@ def summary_markdown(params: Any, entries: Sequence[Entry], missing: Sequence[st
               "biased upwards at small N: compare it only at equal N, never with published FIDs. "
               "↓ lower is better, ↑ higher; colourfulness: closer to the targets' is better "
               f"(targets: {', '.join(targets) or '—'}).", ""]
+    adapted = sorted(e.name for e in entries if e.record.get("norm_stats"))
+    if adapted:
+        lines += [f"Models with instance norms ({', '.join(adapted)}) colour each scored area with that "
+                  "area's own normalisation statistics, gathered over its gray tiles (never its colours), "
+                  "as the colourise stage does (params.yaml `evaluate.norm_stats`; docs/model-defaults.md "
+                  "\"Instance norms and tile seams\").", ""]
     baselines = [e for e in entries if e.kind == "baseline"]
     by_family: dict[str, list[Entry]] = {}
     for e in models:

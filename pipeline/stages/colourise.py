@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "into a new MBTiles (and optionally a GeoTIFF mosaic and a preview PNG).",
         epilog="A new area: first `luminescence fetch harvest ... --out AREA.mbtiles`.")
     parser.add_argument("--stage", action="store_true",
-                        help="the dvc.yaml stage: model, store and margin from params.yaml `colourise`, "
+                        help="the dvc.yaml stage: model, store, margin and norm statistics from params.yaml "
+                             "`colourise`, "
                              "outputs in data/colourised/ and reports/colourised/")
     parser.add_argument("--model", type=Path, default=RELEASE_DIR / "model.pt",
                         help="a model file: the release model (default: %(default)s) or "
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=lambda t: _count(t, 1), default=2,
                         help="tiles per model call (default 2: fastest per tile on a CPU, "
                              "docs/benchmarks/inference_layout.md; more on a GPU)")
+    parser.add_argument("--norm-stats", choices=["area", "model"], default="area",
+                        help="instance norms (the release model's decoder): the area's own statistics, "
+                             "gathered over --norm-stats-windows of its windows, for every tile (default: "
+                             "no seams), or as the model file has them (each window's own)")
+    parser.add_argument("--norm-stats-windows", type=lambda t: _count(t, 1), default=64, metavar="N",
+                        help="windows, spread over the area, for --norm-stats area (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args.geotiff = COLOURISED_DIR / f"{cfg.store}.tif"
         args.preview = REPORTS_DIR / "colourised" / f"{cfg.store}.png"
         args.margin = cfg.margin
+        args.norm_stats, args.norm_stats_windows = cfg.norm_stats, cfg.norm_stats_windows
         args.out.unlink(missing_ok=True)  # a stage re-run starts over (model or area changed)
     elif not (args.store and args.out):
         parser.error("--store and --out are required (or --stage)")
@@ -90,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(threads.describe(), file=sys.stderr)
     print(run(args.model, args.store, args.out, geotiff=args.geotiff, preview=args.preview,
               margin=args.margin, luma=args.luma or "rec601", device_name=args.device,
-              batch_size=args.batch_size, progress=not args.no_progress))
+              batch_size=args.batch_size, progress=not args.no_progress,
+              norm_stats_windows=args.norm_stats_windows if args.norm_stats == "area" else None))
     return 0
 
 

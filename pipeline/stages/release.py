@@ -5,8 +5,10 @@ Reads `release` in params.yaml, trains the model on the sample's training layers
 augmentation, keeps the weights chosen on the validation area, scores the held-out area
 and writes release/: model.pt, options.json, curves.tsv, curves.png, metrics.json and
 MODEL_CARD.md (generated from the run). Those files are committed to git.
-`--steps N` runs a short schedule of N iterations (a check of the whole stage; then
-write to another --out folder, not over the committed release).
+`--norm-stats-only` gathers the instance norms' fixed statistics (`release.norm_stats`) for the
+model already there and scores it again, without retraining. `--steps N` runs a short schedule
+of N iterations (a check of the whole stage; then write to another --out folder, not over the
+committed release).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--score-only", action="store_true",
                         help="do not train: score the model already in --out and rewrite its metrics, curves "
                              "and model card")
+    parser.add_argument("--norm-stats-only", action="store_true",
+                        help="do not train: gather the instance norms' fixed statistics (release.norm_stats) "
+                             "for the model already in --out, then score it as --score-only does")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -43,10 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.core.config import load_params
-    from pipeline.results.release_card import run_release, score_release, summary_line
+    from pipeline.results.release_card import fix_release_norm_stats, run_release, score_release, summary_line
 
     params = load_params(args.params)
-    if args.score_only:
+    if args.score_only and args.norm_stats_only:
+        raise SystemExit("error: --score-only and --norm-stats-only exclude each other (--norm-stats-only "
+                         "also scores)")
+    if args.norm_stats_only:
+        record = fix_release_norm_stats(params, args.out, progress=not args.no_progress)
+    elif args.score_only:
         record = score_release(params, args.out)
     else:
         record = run_release(params, args.out, steps=args.steps, progress=not args.no_progress,

@@ -33,6 +33,9 @@ FORMAT = "luminescence-train-checkpoint"
 MODEL_FORMAT = "luminescence-model"  # runs/<ablation>/model.pt: trained networks only
 VERSION = 1
 _MODEL_KEYS = ("ablation", "model", "options", "identity_hash", "step", "nets", "dataset")
+# optional: {net name: {instance norm name: {"mean", "var"}}}, statistics fixed after training
+# (models/networks/norm_stats.py), and how they were gathered
+_OPTIONAL_MODEL_KEYS = ("norm_stats", "norm_stats_source")
 _REQUIRED = ("ablation", "model", "options", "identity", "identity_hash", "step", "total_steps",
              "finished", "nets", "optimizers", "schedulers", "ranks")
 
@@ -160,7 +163,19 @@ def save_model_file(path: Path, checkpoint: dict[str, Any]) -> None:
     """The trained networks alone (no optimizer or RNG state): what evaluation and
     inference load, small enough to version with DVC."""
     save_atomic(path, {"format": MODEL_FORMAT, "version": VERSION,
-                       **{k: checkpoint[k] for k in _MODEL_KEYS}})
+                       **{k: checkpoint[k] for k in _MODEL_KEYS},
+                       **{k: checkpoint[k] for k in _OPTIONAL_MODEL_KEYS if checkpoint.get(k) is not None}})
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """A model file's contents (runs/<ablation>/model.pt, release/model.pt), loaded safely."""
+    obj = _load_safely(Path(path), _unusable_model)
+    if obj.get("format") != MODEL_FORMAT:
+        raise _unusable_model(Path(path), "a training checkpoint, not a model file")
+    missing = [k for k in _MODEL_KEYS if k not in obj]
+    if missing:
+        raise _unusable_model(Path(path), f"incomplete: missing {', '.join(missing)}")
+    return obj
 
 
 def save_atomic(path: Path, obj: dict[str, Any]) -> None:
@@ -263,8 +278,25 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> Any:
             raise _unusable_model(path, f"the weights of network '{net_name}' do not match its options "
                                         f"({problem})")
         net.load_state_dict(nets[net_name])
+    _fix_norm_stats(model, ckpt.get("norm_stats"), path)
     model.eval()
     return model
+
+
+def _fix_norm_stats(model: Any, stats: Any, path: Path) -> None:
+    """Use the file's fixed instance-norm statistics, when it has them."""
+    from models.networks.norm_stats import check_norm_stats, fix_norm_stats
+
+    if stats is None:
+        return
+    if not isinstance(stats, dict) or any(name not in model.nets for name in stats):
+        raise _unusable_model(path, "its norm statistics name networks the model does not have")
+    for net_name, net_stats in stats.items():
+        problem = check_norm_stats(model.nets[net_name], net_stats)
+        if problem:
+            raise _unusable_model(path, f"the norm statistics of network '{net_name}' do not fit it "
+                                        f"({problem})")
+        fix_norm_stats(model.nets[net_name], net_stats)
 
 
 def _validation_summary(exc: Any) -> str:

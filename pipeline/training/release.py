@@ -9,6 +9,10 @@ colourised output against the real colours, with clean gray input and with the
 weights kept are those of the best clean validation ΔE (`select: best_val`) or the last.
 The held-out area plays no part here (pipeline/results/release_card.py scores it).
 
+Then, with `norm_stats: training_data`, the generator's instance norms get fixed statistics,
+gathered over `norm_stats_samples` training inputs drawn as in training (film augmentation
+included; models/networks/norm_stats.py says why: no seams between windows).
+
 Time to quality: the wall time and iterations until the validation ΔE2000 mean first drops
 below the gray input's (measured at validation steps, so at most `val_every` late).
 """
@@ -30,15 +34,23 @@ from tqdm import tqdm
 
 from eval.colour_metrics import delta_e2000
 from models.base import GANModel, ModelOptions
+from models.networks.norm_stats import NormStats, gathering, instance_norms
 from models.registry import get_model_class
 from pipeline.core.config import ConfigError, Params, ReleaseConfig, format_validation_error
 from pipeline.core.errors import LuminescenceError
-from pipeline.datasets.release import ReleaseData, build_release_data, crop_inputs, release_batches
+from pipeline.datasets.release import (
+    ReleaseBatches,
+    ReleaseData,
+    build_release_data,
+    crop_inputs,
+    release_batches,
+)
 from pipeline.training.checkpoint import save_model_file
 from pipeline.training.devices import configure_determinism, describe, pick_device, seed_everything
 from pipeline.training.loop import make_schedulers
 
 VAL_BATCH = 8
+NORM_STATS_STEP0 = 10**9  # sample streams of the norm statistics: never those of a training step
 
 
 class ReleaseError(LuminescenceError):
@@ -115,6 +127,7 @@ class ReleaseResult:
     curves: list[dict[str, float]] = field(default_factory=list)
     encoder_sha256: str | None = None
     stopped_early_at: int | None = None  # the step where --max-minutes stopped the run
+    norm_stats: dict[str, Any] | None = None  # how the instance norms' fixed statistics were gathered
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +136,38 @@ class ReleaseResult:
 def _identity(release: ReleaseConfig, params: Params) -> str:
     doc = {"release": release.model_dump(mode="json"), "film": params.sample.film.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def generator_name(model: GANModel) -> str:
+    """The network that colourises (pix2pix's G, CycleGAN's G_A)."""
+    return "G" if "G" in model.nets else "G_A"
+
+
+def gather_norm_stats(model: GANModel, batches: ReleaseBatches, samples: int, device: torch.device, *,
+                      progress: bool = False) -> tuple[dict[str, NormStats], dict[str, Any]] | None:
+    """Statistics for the generator's instance norms over `samples` training inputs (drawn like
+    training batches, from streams no training step uses), and a record of how; None when the
+    generator has no instance norms."""
+    name = generator_name(model)
+    net = model.nets[name]
+    if not instance_norms(net):
+        return None
+    t0 = time.perf_counter()
+    model.eval()
+    bar = tqdm(total=samples, desc="norm statistics", unit="input", disable=not progress, file=sys.stderr)
+    with gathering(net) as gatherer, torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for start in range(0, samples, VAL_BATCH):
+            # one sample per stream, so the inputs do not depend on the training batch size
+            inputs = np.stack([batches.sample(NORM_STATS_STEP0 + j, 0)[0]
+                               for j in range(start, min(start + VAL_BATCH, samples))])
+            model.colourise(torch.from_numpy(inputs).unsqueeze(1).float().div_(255.0).to(device))
+            bar.update(len(inputs))
+        stats = gatherer.result()
+    bar.close()
+    record = {"source": "training_data", "network": name, "samples": gatherer.images,
+              "crop_size": batches.data.crop_size, "norms": len(stats),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    return {name: stats}, record
 
 
 def _snapshot(model: GANModel) -> dict[str, dict[str, torch.Tensor]]:
@@ -212,6 +257,8 @@ def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, step
     for name, net in model.nets.items():
         net.load_state_dict(best[2][name])
     kept = next(r for r in curves if r["step"] == kept_step)
+    gathered = (gather_norm_stats(model, batches, release.norm_stats_samples, device, progress=progress)
+                if release.norm_stats == "training_data" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_model_file(out_dir / "model.pt", {
         "ablation": "release", "model": cls.name, "options": options.model_dump(mode="json"),
@@ -220,12 +267,14 @@ def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, step
         "dataset": {"name": "release", "layers": list(release.data.layers),
                     "held_out": list(release.data.held_out), "val_aoi": release.data.val_aoi,
                     "synthetic_input": False},
+        "norm_stats": gathered[0] if gathered else None,
+        "norm_stats_source": gathered[1] if gathered else None,
     })
     size_mb = (out_dir / "model.pt").stat().st_size / 1e6
     if size_mb > release.max_weights_mb:
         raise ReleaseError(f"{out_dir / 'model.pt'} is {size_mb:.1f} MB, over `release.max_weights_mb` "
                            f"({release.max_weights_mb:g}); use smaller ngf/ndf or netG in `release.options`")
-    generator = model.nets.get("G", model.nets.get("G_A"))
+    generator = model.nets[generator_name(model)]
     return ReleaseResult(
         model=cls.name, options=options.model_dump(mode="json"), steps=total, constant_steps=constant,
         decay_steps=decay, batch_size=release.batch_size, kept_step=kept_step,
@@ -237,4 +286,4 @@ def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, step
              "gray_delta_e2000_clean": val.gray_delta_e_clean,
              "gray_delta_e2000_film": val.gray_delta_e_film},
         time_to_quality=quality, curves=curves, encoder_sha256=getattr(generator, "encoder_sha256", None),
-        stopped_early_at=stopped_at)
+        stopped_early_at=stopped_at, norm_stats=gathered[1] if gathered else None)
