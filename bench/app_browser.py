@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument("--swipe", type=float, default=None, metavar="0..1",
                         help="where the divider starts, as a share of the map's width (default: the "
                              "page's own, the middle); 0 puts the colourised side across the whole map")
+    parser.add_argument("--norm-stats-windows", type=int, default=None, metavar="N",
+                        help="windows of the view's area for a model with instance norms (default: the "
+                             "app's; 0: each window's own statistics)")
     parser.add_argument("--out", default=None, help="also write the Markdown here (- : print only)")
     args = parser.parse_args()
     if args.rounds < 1:
@@ -129,7 +132,9 @@ def main() -> None:
     label = ""
     for i in range(args.rounds):
         data = fresh_data_dir("app-browser-")  # fresh: everything is cold
-        with WebApp(params, port=0, model=args.model, data_dir=data, sample_derived_dir=args.derived) as web:
+        started = time.perf_counter()
+        with WebApp(params, port=0, model=args.model, data_dir=data, sample_derived_dir=args.derived,
+                    area_windows=args.norm_stats_windows) as web:
             view = web.state.views[name]
             if view.colour is None:
                 raise SystemExit(f"error: view {name} has no colourised layer: {view.model_error}")
@@ -138,6 +143,13 @@ def main() -> None:
                      f"windows (margin {runner.margin})")
             if not runner.wait_ready(timeout_s=120):
                 raise SystemExit("error: the model did not finish warming up in 120 s")
+            # The app gathers the view's area statistics as it starts (a model with instance
+            # norms): timed, then the page is opened, as after the model's warm-up.
+            while not view.colour.area_prepared:
+                if time.perf_counter() - started > 300:
+                    raise SystemExit("error: the view's area statistics were not ready in 300 s")
+                time.sleep(0.05)
+            prepared = time.perf_counter() - started
             driver = chrome(1280, 800)  # started before the clock: a user's browser is already open
             try:
                 cpu0 = time.process_time()
@@ -155,8 +167,11 @@ def main() -> None:
         photos = first_view(entries, "historic")
         row["historic"], row["historic_done"] = photos["count"], photos["done"]
         row["app_cpu"] = app_cpu
+        row["prepared"] = prepared
         rows.append(row)
-        print(f"round {i + 1}: first view {row['done']:.2f} s ({row['count']:.0f} colourised tiles, "
+        print(f"round {i + 1}: app ready {prepared:.1f} s after its start (model warmed up"
+              + (", area statistics gathered" if view.colour.area_key else "") + "); "
+              f"first view {row['done']:.2f} s ({row['count']:.0f} colourised tiles, "
               f"first requested at {row['first_request']:.2f} s; historic {row['historic_done']:.2f} s), "
               f"app CPU {app_cpu:.1f} s, machine {row['machine_cpu']:.1f} CPU-s", flush=True)
     load1 = os.getloadavg()[0]
@@ -167,19 +182,20 @@ def main() -> None:
                        load_after=load1, extra=", headless Chromium at 1280 x 800"),
         f"View `{name}`; {label}; the swipe's divider at "
         f"{'the middle (the page default)' if args.swipe is None else f'{args.swipe:g} of the map width'}. "
-        "Each round: a fresh app (cold caches and store), its model warmed up, then the page opened; "
-        "seconds from the start of the page's navigation.",
+        "Each round: a fresh app (cold caches and store), its model warmed up and (a model with instance "
+        "norms) the view's area statistics gathered, then the page opened; seconds from the start of the "
+        "page's navigation. App ready: seconds from the app's start until then.",
         "",
         "| round | colourised tiles | first colourised request | last colourised tile arrived | "
         "latency p50 | latency max | last historic tile arrived | whole machine's CPU until the last "
-        "colourised tile | app's CPU until the map settled |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "colourised tile | app's CPU until the map settled | app ready |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(rows, 1):
         lines.append(f"| {i} | {r['count']:.0f} (+ {r['historic']:.0f} historic) | "
                      f"{r['first_request']:.2f} s | **{r['done']:.2f} s** | {r['latency_p50']:.2f} s | "
                      f"{r['latency_max']:.2f} s | {r['historic_done']:.2f} s | "
-                     f"{r['machine_cpu']:.1f} CPU-s | {r['app_cpu']:.1f} CPU-s |")
+                     f"{r['machine_cpu']:.1f} CPU-s | {r['app_cpu']:.1f} CPU-s | {r['prepared']:.1f} s |")
     under = sum(d <= 5.0 for d in done)
     lines += ["", f"First view, fully colourised: median **{statistics.median(done):.2f} s** "
               f"(min {min(done):.2f}, max {max(done):.2f}); {under} of {len(done)} rounds within the "

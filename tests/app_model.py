@@ -96,3 +96,23 @@ def chroma(rgb: np.ndarray) -> float:
     """Mean max(R, G, B) - min(R, G, B): 0 for any gray image."""
     rgb = rgb[..., :3].astype(np.int16)
     return float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean())
+
+
+def instance_norm_model(folder: Path) -> Path:
+    """An untrained pix2pix with instance norms (the release model's kind of normalisation), for
+    the tests of area statistics: its colours are arbitrary, its normalisation is what counts."""
+    import torch
+
+    from models.registry import get_model_class
+    from pipeline.training.checkpoint import save_model_file
+
+    cls = get_model_class("pix2pix")
+    torch.manual_seed(0)
+    opts = cls.Options.model_validate({"netG": "unet_128", "ngf": 8, "ndf": 4, "norm": "instance"})
+    model = cls(opts, torch.device("cpu"))
+    path = Path(folder) / "instance_model.pt"
+    save_model_file(path, {"ablation": "instance_test", "model": "pix2pix",
+                           "options": opts.model_dump(mode="json"), "identity_hash": "test", "step": 0,
+                           "dataset": {"name": "none"},
+                           "nets": {k: n.state_dict() for k, n in model.nets.items()}})
+    return path

@@ -68,3 +68,11 @@ def app_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.app_model import train_app_model
 
     return train_app_model(tmp_path_factory.mktemp("app_model"))
+
+
+@pytest.fixture(scope="session")
+def instance_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained pix2pix with instance norms (tests/app_model.py)."""
+    from tests.app_model import instance_norm_model
+
+    return instance_norm_model(tmp_path_factory.mktemp("instance_model"))

@@ -5,6 +5,7 @@ bundled sample served by the app's own WMTS endpoints, and a briefly trained rea
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import subprocess
 import threading
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 import requests
+import torch
 from PIL import Image
 from rasterio.transform import from_bounds
 
@@ -420,3 +422,44 @@ def test_an_unreachable_service_is_reported_and_the_other_layers_serve(
         resp = get(app, tile_url("modern", T0))
         assert resp.status_code == 502 and "connection refused" in resp.json()["error"]
         assert get(app, tile_url("historic", T0)).status_code == 200
+
+
+def test_a_model_with_instance_norms_colours_a_view_with_its_areas_statistics(
+        instance_model: Path, request: pytest.FixtureRequest, tmp_path: Path,
+        tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """Before its first tile the view gathers the statistics over windows spread over its area
+    (kept beside its store); every tile then uses them, and the next start reads them back."""
+    from models.networks.norm_stats import fixed_norm_stats
+    from pipeline.app.colour_tiles import read_stats
+
+    params = app_params(instance_model, tmp_path / "data")
+    derived = str(derived_dir(request, tmp_path_factory))
+    with caplog.at_level(logging.INFO, logger="luminescence.app"), \
+            WebApp(params, sample_derived_dir=derived, area_windows=4) as web:
+        colour = web.state.views["erie"].colour
+        assert colour is not None and colour.area_key == "view:erie" and len(colour.area_sample) == 4
+        first = rgba(get(web, tile_url("colourised", T0)).content)
+        assert "gathered over 4 windows" in caplog.text
+        stats = read_stats(colour.stats_path)
+        model = colour.runner._areas["view:erie"]
+        assert stats is not None and all(torch.equal(stats[k]["mean"], v["mean"])
+                                         for k, v in fixed_norm_stats(model.nets["G"]).items())
+        with TileStore(colour.path, readonly=True) as store:
+            assert store.metadata["norm_stats"] == "area (4 tiles' windows)"
+        own = colour.runner.submit(np.full((colour.runner.window,) * 2, 128, np.uint8)).result(timeout=60)
+        by_area = colour.runner.submit(np.full((colour.runner.window,) * 2, 128, np.uint8),
+                                       area="view:erie").result(timeout=60)
+        assert np.abs(own.astype(int) - by_area.astype(int)).max() > 2  # the area's, not each window's
+        store_path = colour.path
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="luminescence.app"), \
+            WebApp(params, sample_derived_dir=derived, area_windows=4) as web:
+        colour = web.state.views["erie"].colour
+        assert colour is not None and colour.path == store_path
+        east = TileId(ZOOM, T0.x + 1, T0.y)  # not computed before: needs the statistics
+        get(web, tile_url("colourised", east))
+        assert "read from" in caplog.text and "gathered" not in caplog.text
+        assert np.array_equal(rgba(get(web, tile_url("colourised", T0)).content), first)
+    with WebApp(params, sample_derived_dir=derived, area_windows=0) as web:  # each window's own
+        colour = web.state.views["erie"].colour
+        assert colour is not None and colour.area_key == "" and colour.path != store_path

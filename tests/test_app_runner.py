@@ -95,3 +95,73 @@ def test_the_runner_warms_its_model_up_and_windows_sent_meanwhile_wait(app_model
         assert runner.stats.windows == 1  # warm-up passes are not counted as work
     finally:
         runner.close()
+
+
+def test_an_area_colours_with_its_own_statistics_and_batches_never_mix_areas(instance_model: Path) -> None:
+    from models.networks.norm_stats import gray_batches
+    from pipeline.training.checkpoint import load_model
+
+    runner = ModelRunner(instance_model, batch_size=4, workers=1, device="cpu", wait_s=0.2)
+    rng = np.random.default_rng(1)
+    dark = rng.integers(0, 90, (3, runner.window, runner.window), dtype=np.uint8)
+    bright = rng.integers(120, 256, (3, runner.window, runner.window), dtype=np.uint8)
+    try:
+        assert runner.adapts
+        runner.add_area("dark", runner.area_stats(dark))
+        runner.add_area("bright", runner.area_stats(bright))
+        with pytest.raises(KeyError, match="add_area first"):
+            runner.submit(dark[0], area="nowhere")
+        probe = dark[0]
+        # queued together: one batch would mix them; each must get its own area's colours
+        futures = [runner.submit(probe, area=a) for a in ("dark", "bright", "")]
+        got = [f.result(timeout=120) for f in futures]
+    finally:
+        runner.close()
+    expected = []
+    for windows in (dark, bright, None):
+        model = load_model(instance_model)
+        if windows is not None:
+            model.fit_norm_stats(gray_batches(windows, len(windows), 4))
+        with torch.inference_mode():
+            x = torch.from_numpy(probe)[None, None].float() / 255
+            expected.append(model.colourise(x).clamp(0, 1).mul(255).round().to(torch.uint8)[0]
+                            .permute(1, 2, 0).numpy())
+    for g, e in zip(got, expected, strict=True):
+        assert np.abs(g.astype(int) - e.astype(int)).max() <= 1
+    assert np.abs(got[0].astype(int) - got[1].astype(int)).max() > 2  # the statistics matter
+    assert runner.stats.batches == 3  # three areas: three passes, however they were queued
+
+
+def test_a_batch_normalised_model_has_no_area_statistics(app_model: Path) -> None:
+    runner = ModelRunner(app_model, batch_size=1, workers=1, device="cpu")
+    try:
+        assert not runner.adapts
+        assert runner.area_stats(np.zeros((1, runner.window, runner.window), np.uint8)) is None
+    finally:
+        runner.close()
+
+
+def test_an_uploaded_photo_is_coloured_with_its_own_statistics(instance_model: Path) -> None:
+    import asyncio
+
+    from pipeline.app.uploads import Photo, blocks, colourise_photo
+
+    rng = np.random.default_rng(2)
+    gray = rng.integers(0, 256, (300, 520), dtype=np.uint8)
+    photo = Photo(gray=gray, alpha=np.full(gray.shape, 255, np.uint8))
+    runner = ModelRunner(instance_model, batch_size=2, workers=1, device="cpu")
+    try:
+        got = asyncio.run(colourise_photo(runner, photo))
+        own = asyncio.run(colourise_photo(runner, photo, area_windows=0))
+        assert runner._areas == {}  # the photo's statistics are dropped once it is done
+        padded, cells = blocks(gray, runner.margin)
+        side = 256 + 2 * runner.margin
+        windows = np.stack([padded[r:r + side, c:c + side] for r, c in cells])
+        runner.add_area("by hand", runner.area_stats(windows))
+        first = runner.submit(np.ascontiguousarray(windows[0]), area="by hand").result(timeout=60)
+    finally:
+        runner.close()
+    m = runner.margin
+    assert got.shape == (300, 520, 4) and (got[..., 3] == 255).all()
+    assert np.abs(got[:256, :256, :3].astype(int) - first[m:m + 256, m:m + 256].astype(int)).max() <= 1
+    assert np.abs(got[..., :3].astype(int) - own[..., :3].astype(int)).max() > 2

@@ -6,6 +6,11 @@ tiles meet without seams. Coarser zooms (down to `zoom_out` levels) are built fr
 children, never by running the model at a scale it was not trained on. Results go to an
 MBTiles store keyed by the model's weights (digest) and the layer, under the app's data
 folder; two requests for one tile share one computation.
+
+A model with instance norms colours the view's area with that area's own statistics, as the
+colourise stage does: before its first tile, the layer gathers them over the context windows
+of up to `area_windows` tiles spread over the view's area (once: they are kept beside the
+store and read back on the next start), so every tile is normalised alike.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import hashlib
 import io
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -62,16 +68,54 @@ def downsample(children: dict[tuple[int, int], np.ndarray | None]) -> np.ndarray
     return np.dstack([np.rint(rgb), np.rint(a)]).clip(0, 255).astype(np.uint8)
 
 
+def spread_sample(tiles: list[TileId], k: int) -> list[TileId]:
+    """Up to k of the tiles, evenly spread over them in row order (all when there are fewer)."""
+    from models.networks.norm_stats import spread
+
+    ordered = sorted(tiles, key=lambda t: (t.y, t.x))
+    return [ordered[i] for i in spread(len(ordered), k)] if k > 0 else []
+
+
+def read_stats(path: Path) -> Any:
+    """Statistics kept by an earlier start (None when absent or unreadable: gathered again)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # damaged: not worth more than gathering them again
+        log.warning("%s is unreadable: gathering the statistics again", path)
+        return None
+
+
+def write_stats(path: Path, stats: Any) -> None:
+    import torch
+
+    from pipeline.core.files import replacing
+
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(stats, fh)
+
+
 class ColourLayer:
     """The colourised version of one historic layer by one model."""
 
     def __init__(self, source: LayerTiles, runner: ModelRunner, *, zoom: int, zoom_out: int,
-                 store_dir: Path) -> None:
+                 store_dir: Path, area_key: str = "", area_tiles: list[TileId] | None = None,
+                 area_windows: int = 0) -> None:
+        """area_key, area_tiles, area_windows: give a model with instance norms the statistics of
+        up to `area_windows` of these tiles (the view's area) under this key; 0: each window's own."""
         self.source = source
         self.runner = runner
         self.zoom = zoom
         self.min_zoom = max(0, zoom - zoom_out)
+        adapt = bool(area_windows and area_tiles and runner.adapts)
+        self.area_key = area_key if adapt else ""
+        self.area_sample = spread_sample(area_tiles or [], area_windows) if adapt else []
         ident = f"{source.service_key}|{source.cfg.layer}|{source.cfg.gray}|{source.luma}|{runner.margin}"
+        if adapt:  # other statistics, other colours: another store
+            ident += f"|area:{','.join(f'{t.z}/{t.x}/{t.y}' for t in self.area_sample)}"
         name = f"{source.cfg.source}-{source.cfg.layer}{'-gray' if source.cfg.gray else ''}"
         self.path = Path(store_dir) / runner.model_id / \
             f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}.mbtiles"
@@ -82,7 +126,10 @@ class ColourLayer:
             "description": f"COLOURISED by {runner.label}; colours are the model's estimate, not "
                            "observations", "model": str(runner.path), "model_sha256": runner.digest,
             "source_layer": source.cfg.layer, "margin": runner.margin, "minzoom": self.min_zoom,
-            "maxzoom": zoom})
+            "maxzoom": zoom,
+            "norm_stats": f"area ({len(self.area_sample)} tiles' windows)" if adapt else "model"})
+        self.stats_path = self.path.with_suffix(".normstats.pt")
+        self._area_ready: asyncio.Future[None] | None = None
         self._reader = TileStore(self.path, readonly=True)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colour-store")
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="colour-png")
@@ -131,7 +178,8 @@ class ColourLayer:
             return None
         return await asyncio.get_running_loop().run_in_executor(self._cpu, decode_tile, data)
 
-    async def _compute(self, tile: TileId) -> bytes | None:
+    async def _window(self, tile: TileId) -> tuple[np.ndarray, np.ndarray] | None:
+        """(context window, the tile's gray+alpha), or None where the layer has no data there."""
         from pipeline.inference.colourise import context_window
 
         centre = await self.source.gray_alpha(tile)
@@ -146,11 +194,63 @@ class ColourLayer:
         # context_window reads tiles through `.get`, which _Window provides (duck-typed GrayTiles).
         window = await loop.run_in_executor(self._cpu, context_window, cast(Any, _Window(tiles)), tile,
                                             self.runner.margin)
-        rgb = await asyncio.wrap_future(self.runner.submit(window, PRIORITY_TILE))
+        return window, centre
+
+    async def _compute(self, tile: TileId) -> bytes | None:
+        found = await self._window(tile)
+        if found is None:
+            return None
+        window, centre = found
+        await self.area_ready()
+        rgb = await asyncio.wrap_future(self.runner.submit(window, PRIORITY_TILE, self.area_key))
         m = self.runner.margin
         self.computed += 1
+        loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu, encode_png, rgb[m:m + TILE_SIZE, m:m + TILE_SIZE],
                                           centre[..., 1])
+
+    @property
+    def area_prepared(self) -> bool:
+        """Whether the tiles can be coloured now (the area's statistics are in, or not needed);
+        safe to ask from any thread."""
+        return not self.area_key or self.runner.has_area(self.area_key)
+
+    async def area_ready(self) -> None:
+        """Wait until the model has this area's statistics (gathered once, by the first caller)."""
+        if not self.area_key:
+            return
+        ready = self._area_ready
+        if ready is None or (ready.done() and (ready.cancelled() or ready.exception() is not None)):
+            self._area_ready = ready = asyncio.ensure_future(self._prepare_area())  # (again, if it failed)
+        await asyncio.shield(ready)
+
+    async def _prepare_area(self) -> None:
+        loop = asyncio.get_running_loop()
+        stats = await loop.run_in_executor(self._io, read_stats, self.stats_path)
+        how = f"read from {self.stats_path.name}"
+        if stats is not None:
+            try:
+                self.runner.add_area(self.area_key, stats)
+                log.info("%s: instance-norm statistics of the area %s", self.area_key, how)
+                return
+            except ValueError:  # another model's (or a damaged) file: gather them again
+                log.warning("%s does not fit the model: gathering the statistics again", self.stats_path)
+        start = time.perf_counter()
+        found = await asyncio.gather(*(self._window(t) for t in self.area_sample), return_exceptions=True)
+        failed = [f for f in found if isinstance(f, BaseException)]
+        if failed and len(failed) == len(found):  # the service failed, not the area: try again later
+            raise failed[0]
+        windows = [f[0] for f in found if f is not None and not isinstance(f, BaseException)]
+        if not windows:
+            log.warning("%s: no tile of the area has data; each window's own statistics are used",
+                        self.area_key)
+            self.area_key = ""
+            return
+        stats = await loop.run_in_executor(None, self.runner.area_stats, np.stack(windows))
+        await loop.run_in_executor(self._io, write_stats, self.stats_path, stats)
+        self.runner.add_area(self.area_key, stats)
+        how = f"gathered over {len(windows)} windows in {time.perf_counter() - start:.1f} s"
+        log.info("%s: instance-norm statistics of the area %s", self.area_key, how)
 
     async def _overview(self, tile: TileId) -> bytes | None:
         kids = {(dx, dy): TileId(tile.z + 1, 2 * tile.x + dx, 2 * tile.y + dy)

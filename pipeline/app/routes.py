@@ -237,17 +237,21 @@ async def not_allowed(request: Request, exc: Exception) -> Response:
 
 def _resolve_failed(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.info("not resolved at start-up (the page will ask again): %s", one_line(str(task.exception())))
+        log.info("not ready at start-up (the page will ask again): %s", one_line(str(task.exception())))
 
 
 def resolve_at_startup(state: AppState) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     """A lifespan that starts reading every layer's capabilities as soon as the app serves, so
-    that the page's first /api/views finds them read. Nothing waits for it: a slow or unreachable
-    service is still asked again, and reported, when the page asks for the views."""
+    that the page's first /api/views finds them read, and gathering each view's area statistics
+    (a model with instance norms), so that its first tiles need not wait for them. Nothing waits
+    for it: a slow or unreachable service is still asked again, and reported, when the page asks
+    for the views."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         layers = [layer for view in state.views.values() for layer in (view.historic, view.modern)]
-        tasks = [asyncio.ensure_future(layer.aresolve()) for layer in layers]
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(layer.aresolve()) for layer in layers]
+        tasks += [asyncio.ensure_future(view.colour.area_ready()) for view in state.views.values()
+                  if view.colour is not None and view.colour.area_key]
         for task in tasks:
             task.add_done_callback(_resolve_failed)
         yield

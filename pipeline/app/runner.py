@@ -13,10 +13,16 @@ passes get through a view's windows sooner than one two-thread pass. A pass that
 has one process-wide thread count; each pass sets it as it starts (docs/benchmarks/app.md).
 On a GPU one worker feeds it. Each worker runs one pass on a blank window as the app starts,
 so the first map tiles do not pay for the model's first-pass set-up.
+
+A model with instance norms colours an area with that area's own statistics, as the colourise
+stage does (models/networks/norm_stats.py): `area_stats` gathers them over some of the area's
+windows, `add_area` keeps a copy of the model with them fixed, and windows submitted with that
+area's key are coloured by it (a batch never mixes areas).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import os
@@ -50,6 +56,7 @@ class _Job:
     seq: int
     window: np.ndarray = field(compare=False)
     future: Future[np.ndarray] = field(compare=False)
+    area: str = field(default="", compare=False)  # "": the model as loaded; else a key of add_area
 
 
 @dataclass
@@ -80,6 +87,12 @@ class ModelRunner:
         self.device = pick_device(device)
         self.model = load_model(self.path, self.device)
         self.channels_last = use_fast_layout(self.model)
+        from models.networks.norm_stats import instance_norms
+
+        # whether colours depend on the statistics an area gives the model's instance norms
+        self.adapts = bool(instance_norms(self.model.nets[self.model.colourising_net]))
+        self._areas: dict[str, Any] = {}  # area key -> a copy of the model with the area's statistics
+        self._areas_lock = threading.Lock()
         self.net_g = str(getattr(self.model.opts, "netG", "?"))
         self.margin = context_margin(size_multiple(self.net_g))
         self.window = TILE_SIZE + 2 * self.margin
@@ -124,16 +137,52 @@ class ModelRunner:
             passes = f", {self.workers} concurrent pass{'es' if self.workers != 1 else ''}{threads}{alone}"
         return f"{self.model.name} ({self.net_g}) from {self.path} on {self.device.type}{layout}{passes}"
 
-    def submit(self, window: np.ndarray, priority: int = PRIORITY_TILE) -> Future[np.ndarray]:
-        """Colourise one (window, window) uint8 gray array; the future gives (window, window, 3) uint8."""
+    def submit(self, window: np.ndarray, priority: int = PRIORITY_TILE, area: str = "") -> Future[np.ndarray]:
+        """Colourise one (window, window) uint8 gray array; the future gives (window, window, 3) uint8.
+        `area`: a key given to `add_area` (its statistics), or "" for the model as loaded."""
         if window.shape != (self.window, self.window) or window.dtype != np.uint8:
             raise ValueError(f"windows must be ({self.window}, {self.window}) uint8, got {window.shape} "
                              f"{window.dtype}")
         if self._closed.is_set():
             raise ModelUnavailable("the model runner is closed")
+        if area:
+            with self._areas_lock:
+                if area not in self._areas:
+                    raise KeyError(f"no statistics for area {area!r}: add_area first")
         future: Future[np.ndarray] = Future()
-        self._queue.put(_Job(priority, next(self._seq), window, future))
+        self._queue.put(_Job(priority, next(self._seq), window, future, area))
         return future
+
+    # ------------------------------------------------------------------ areas (instance norms)
+    def area_stats(self, windows: np.ndarray) -> Any:
+        """The instance-norm statistics of these (N, window, window) uint8 gray windows of an area,
+        for `add_area` (None for a model without instance norms). Runs on the calling thread, on a
+        copy of the model, so passes running meanwhile are not disturbed."""
+        from models.networks.norm_stats import fixed_norm_stats, gray_batches
+
+        if not self.adapts or len(windows) == 0:
+            return None
+        model = copy.deepcopy(self.model)
+        model.fit_norm_stats(gray_batches(windows, len(windows), self.batch_size))
+        return fixed_norm_stats(model.nets[model.colourising_net])
+
+    def add_area(self, key: str, stats: Any) -> None:
+        """Windows submitted with `area=key` are coloured with these statistics (checked: a
+        ValueError names what does not fit this model)."""
+        from models.networks.norm_stats import fix_norm_stats
+
+        model = copy.deepcopy(self.model)
+        fix_norm_stats(model.nets[model.colourising_net], stats)
+        with self._areas_lock:
+            self._areas[key] = model
+
+    def has_area(self, key: str) -> bool:
+        with self._areas_lock:
+            return key in self._areas
+
+    def drop_area(self, key: str) -> None:
+        with self._areas_lock:
+            self._areas.pop(key, None)
 
     def close(self) -> None:
         self._closed.set()
@@ -185,14 +234,24 @@ class ModelRunner:
             jobs.append(job)
         return [j for j in jobs if j.future.set_running_or_notify_cancel()]
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray, model: Any = None) -> np.ndarray:
         """(N, window, window) uint8 gray -> (N, window, window, 3) uint8 RGB."""
         import torch
 
+        model = self.model if model is None else model
         with torch.inference_mode():
             a = torch.from_numpy(batch).unsqueeze(1).float().div_(255.0).to(self.device)
-            rgb = self.model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+            rgb = model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
             return rgb.permute(0, 2, 3, 1).cpu().numpy()
+
+    def _model_of(self, area: str) -> Any:
+        if not area:
+            return self.model
+        with self._areas_lock:
+            model = self._areas.get(area)
+        if model is None:
+            raise KeyError(f"the statistics of area {area!r} were dropped before its windows ran")
+        return model
 
     def _warm_up(self) -> None:
         """One pass on a blank window, so that the first map tiles do not pay for the model's
@@ -217,26 +276,28 @@ class ModelRunner:
     def _work(self) -> None:
         self._warm_up()
         while not self._closed.is_set():
-            jobs = self._collect()
-            if not jobs:
-                continue
-            self._pass_starts()
-            try:
-                start = time.perf_counter()
-                out = self._forward(np.stack([j.window for j in jobs]))
-                with self._stats_lock:
-                    self.stats.batches += 1
-                    self.stats.windows += len(jobs)
-                    self.stats.seconds += time.perf_counter() - start
-            except Exception as exc:  # a bug or out of memory: every caller gets the error
-                log.exception("model forward pass failed")
-                for job in jobs:
-                    job.future.set_exception(exc)
-                continue
-            finally:
-                self._pass_ends()
-            for job, pixels in zip(jobs, out, strict=True):
-                job.future.set_result(pixels)
+            collected = self._collect()
+            for area in dict.fromkeys(j.area for j in collected):  # one pass per area, in order
+                self._run([j for j in collected if j.area == area], area)
+
+    def _run(self, jobs: list[_Job], area: str) -> None:
+        self._pass_starts()
+        try:
+            start = time.perf_counter()
+            out = self._forward(np.stack([j.window for j in jobs]), self._model_of(area))
+            with self._stats_lock:
+                self.stats.batches += 1
+                self.stats.windows += len(jobs)
+                self.stats.seconds += time.perf_counter() - start
+        except Exception as exc:  # a bug or out of memory: every caller gets the error
+            log.exception("model forward pass failed")
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        finally:
+            self._pass_ends()
+        for job, pixels in zip(jobs, out, strict=True):
+            job.future.set_result(pixels)
 
 
 def worker_plan(device_type: str, workers: int | None,

@@ -24,16 +24,21 @@ class WebApp:
 
     def __init__(self, params: Params, *, host: str | None = None, port: int | None = None,
                  model: str | None = None, data_dir: str | None = None, access_log: bool = False,
-                 sample_derived_dir: str | None = None, model_workers: int | None = None) -> None:
+                 sample_derived_dir: str | None = None, model_workers: int | None = None,
+                 area_windows: int | None = None) -> None:
         """`sample_derived_dir`: where the sample's film layer and cached mosaics go (default:
         <data_dir>/derived, so the app writes nowhere else). `model_workers`: forward passes
-        side by side (None: chosen for the machine)."""
+        side by side (None: chosen for the machine). `area_windows`: windows of a view's area
+        its model's instance-norm statistics come from (None: the app's default; 0: each
+        window's own)."""
         assert params.app is not None
         # Claim the port first: a port in use is one clear error before the slow start-up.
         host = host or params.app.host
         sock = bind(host, params.app.port if port is None else port)
         try:
-            self.state = AppState(params, model=model, data_dir=data_dir, model_workers=model_workers)
+            extra = {} if area_windows is None else {"area_windows": area_windows}
+            self.state = AppState(params, model=model, data_dir=data_dir, model_workers=model_workers,
+                                  **extra)
         except BaseException:
             sock.close()
             raise

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.app import AREA_WINDOWS
 from pipeline.app.runner import PRIORITY_UPLOAD, ModelRunner
 from pipeline.app.views import RequestError
 from pipeline.geo.tiles import TILE_SIZE
@@ -140,14 +141,29 @@ def blocks(gray: np.ndarray, margin: int) -> tuple[np.ndarray, list[tuple[int, i
     return padded, cells
 
 
-async def colourise_photo(runner: ModelRunner, photo: Photo) -> np.ndarray:
-    """(H, W, 4) RGBA: every block colourised inside its context window, alpha kept."""
+async def colourise_photo(runner: ModelRunner, photo: Photo,
+                          area_windows: int = AREA_WINDOWS) -> np.ndarray:
+    """(H, W, 4) RGBA: every block colourised inside its context window, alpha kept. A model with
+    instance norms colours the photo with statistics of up to `area_windows` of its own blocks
+    (as a view with its area's), so the blocks meet without seams."""
+    from models.networks.norm_stats import spread
+
     m = runner.margin
     padded, cells = blocks(photo.gray, m)
-    futures = [asyncio.wrap_future(runner.submit(
-        np.ascontiguousarray(padded[r:r + TILE_SIZE + 2 * m, c:c + TILE_SIZE + 2 * m]), PRIORITY_UPLOAD))
-        for r, c in cells]
-    results = await asyncio.gather(*futures)
+    side = TILE_SIZE + 2 * m
+    windows = [np.ascontiguousarray(padded[r:r + side, c:c + side]) for r, c in cells]
+    area = ""
+    if runner.adapts and area_windows:
+        picked = np.stack([windows[i] for i in spread(len(windows), area_windows)])
+        stats = await asyncio.get_running_loop().run_in_executor(None, runner.area_stats, picked)
+        area = f"upload:{uuid.uuid4().hex}"
+        runner.add_area(area, stats)
+    try:
+        results = await asyncio.gather(*(asyncio.wrap_future(runner.submit(w, PRIORITY_UPLOAD, area))
+                                         for w in windows))
+    finally:
+        if area:
+            runner.drop_area(area)
     h, w = photo.gray.shape
     out = np.zeros((h + (-h % TILE_SIZE), w + (-w % TILE_SIZE), 3), np.uint8)
     for (r, c), rgb in zip(cells, results, strict=True):

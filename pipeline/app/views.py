@@ -17,6 +17,7 @@ import mercantile
 import shapely
 from shapely.geometry import box, mapping
 
+from pipeline.app import AREA_WINDOWS
 from pipeline.app.colour_tiles import ColourLayer
 from pipeline.app.runner import ModelRunner, load_runner
 from pipeline.app.sources import LayerTiles, SourceGate
@@ -111,9 +112,11 @@ class AppState:
     """Everything the running app holds: views, sources, model runners, tile stores."""
 
     def __init__(self, params: Params, *, model: str | None = None, data_dir: str | None = None,
-                 sample_caps_url: Any = None, model_workers: int | None = None) -> None:
+                 sample_caps_url: Any = None, model_workers: int | None = None,
+                 area_windows: int = AREA_WINDOWS) -> None:
         """`model_workers`: forward passes run side by side per model (None: chosen for the
-        machine, pipeline/app/runner.py)."""
+        machine, pipeline/app/runner.py). `area_windows`: a model with instance norms colours a
+        view with statistics of up to this many of its area's windows (0: each window's own)."""
         from pipeline.server.bundled import sample_service_key
 
         if params.app is None:
@@ -149,12 +152,15 @@ class AppState:
                 if isinstance(runner, str):
                     log.warning("view %s: no colourised layer: %s", name, runner)
             runner = self.runners[path]
-            colour = None if isinstance(runner, str) else ColourLayer(
-                layers["historic"], runner, zoom=vcfg.zoom, zoom_out=self.cfg.zoom_out,
-                store_dir=self.data_dir / "colourised")
-            self.views[name] = View(name, vcfg, aoi, layers["historic"], layers["modern"], path, colour,
-                                    model_error=runner if isinstance(runner, str) else "",
-                                    min_zoom=max(0, vcfg.zoom - self.cfg.zoom_out))
+            view = View(name, vcfg, aoi, layers["historic"], layers["modern"], path, None,
+                        model_error=runner if isinstance(runner, str) else "",
+                        min_zoom=max(0, vcfg.zoom - self.cfg.zoom_out))
+            if not isinstance(runner, str):
+                view.colour = ColourLayer(
+                    layers["historic"], runner, zoom=vcfg.zoom, zoom_out=self.cfg.zoom_out,
+                    store_dir=self.data_dir / "colourised", area_key=f"view:{name}",
+                    area_tiles=view.tiles_in(None) if area_windows else None, area_windows=area_windows)
+            self.views[name] = view
 
     def set_sample_caps_url(self, url_fn: Any) -> None:
         self._caps_url = url_fn

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.app import AREA_WINDOWS
 from pipeline.core.config import PARAMS_FILE, load_params
 from pipeline.core.errors import LuminescenceError, cli_entry
 
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-workers", type=int, default=None, metavar="N",
                         help="forward passes run side by side (default: on the CPU one per core, at most 4, "
                              "splitting torch's threads between them; 1 on a GPU)")
+    parser.add_argument("--norm-stats-windows", type=int, default=None, metavar="N",
+                        help="a model with instance norms (the release model) colours each view with "
+                             "statistics of N windows spread over its area, so tiles match (default: "
+                             f"{AREA_WINDOWS}; 0: each window's own statistics)")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise LuminescenceError(f"--port {args.port} is not a TCP port (0-65535)")
+    if args.norm_stats_windows is not None and args.norm_stats_windows < 0:
+        raise LuminescenceError(f"--norm-stats-windows {args.norm_stats_windows}: give 0 or more")
     if args.model_workers is not None and args.model_workers < 1:
         raise LuminescenceError(f"--model-workers {args.model_workers}: give at least 1 (or leave it out "
                                 f"to let the app choose)")
@@ -59,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("starting the web app (the first start builds the sample's cached layers)…", flush=True)
     web = WebApp(params, host=args.host, port=args.port, model=args.model, data_dir=args.data_dir,
-                 access_log=args.verbose, model_workers=args.model_workers)
+                 access_log=args.verbose, model_workers=args.model_workers,
+                 area_windows=args.norm_stats_windows)
     for view in web.state.views.values():
         note = f"model {view.model_path}" if view.colour else f"NO colourised layer: {view.model_error}"
         print(f"  view {view.name}: {view.cfg.title} ({note})")
