@@ -32,6 +32,7 @@ from models.losses import GanMode
 from models.networks import DiscriminatorName
 from models.networks.init import InitKind
 from models.networks.layers import NormKind
+from models.networks.norm_stats import NormStats
 
 GradientHook = Callable[[Iterable[nn.Parameter]], None]
 
@@ -120,24 +121,34 @@ class GANModel(ABC):
         """Inference: (B, 1, H, W) gray in [0, 1] -> (B, 3, H, W) RGB in [0, 1]."""
 
     # -------------------------------------------------------------- shared
-    def fit_norm_stats(self, gray_batches: Iterable[torch.Tensor]) -> int:
-        """Fix the colourising network's instance-norm statistics to those of these inputs (an
-        area's gray windows, (B, 1, H, W) in [0, 1]), so that every window of the area is then
-        normalised alike (models/networks/norm_stats.py). Returns how many norms were fixed (0
-        for a network without instance norms, which is left as it is)."""
-        from models.networks.norm_stats import fix_norm_stats, gathering, instance_norms
+    def gather_norm_stats(self, gray_batches: Iterable[torch.Tensor]) -> NormStats | None:
+        """The colourising network's instance-norm statistics over these inputs (an area's gray
+        windows, (B, 1, H, W) in [0, 1]), pooled over all their pixels; None for a network
+        without instance norms. The network is left as it was (models/networks/norm_stats.py)."""
+        from models.networks.norm_stats import gathering, instance_norms
 
         net = self.nets[self.colourising_net]
         if not instance_norms(net):
-            return 0
+            return None
         # forked and seeded: a latent-code model's random codes make the statistics no less
         # repeatable, and its later draws stay those its own seed gives
         with gathering(net) as gatherer, torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             for gray in gray_batches:
                 self.colourise(gray.to(self.device))
-            stats = gatherer.result()
-        fix_norm_stats(net, stats)
+            return gatherer.result()
+
+    def fit_norm_stats(self, gray_batches: Iterable[torch.Tensor]) -> int:
+        """Fix the colourising network's instance-norm statistics to those of these inputs
+        (`gather_norm_stats`), so that every window of the area is then normalised alike.
+        Returns how many norms were fixed (0 for a network without instance norms, which is
+        left as it is)."""
+        from models.networks.norm_stats import fix_norm_stats
+
+        stats = self.gather_norm_stats(gray_batches)
+        if stats is None:
+            return 0
+        fix_norm_stats(self.nets[self.colourising_net], stats)
         return len(stats)
 
     def optimizer_step(self, name: str) -> None:

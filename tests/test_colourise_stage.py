@@ -94,3 +94,38 @@ def test_preview_shows_the_real_colour_photo_beside_input_and_model_colours(tmp_
         widths[name] = Image.open(png).width
     assert widths["colour"] == 3 * 512 + 2 * 16  # gray input | model colours | real photo
     assert widths["gray"] == 2 * 512 + 16  # no real colours to show for a gray source
+
+
+@pytest.mark.parametrize("option", [["--margin", "40"], ["--norm-stats", "model"],
+                                    ["--norm-stats-windows", "8"], ["--model", "m.pt"],
+                                    ["--out", "o.mbtiles"]])
+def test_stage_refuses_options_that_params_yaml_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     calls: list[dict[str, Any]], option: list[str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """With --stage, params.yaml decides: an option it would replace is an error, not ignored."""
+    from pipeline.stages.colourise import main
+
+    monkeypatch.chdir(tmp_path)
+    _write_params(tmp_path, "rec601")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--stage", *option])
+    assert exit_info.value.code == 2 and not calls
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option[0] in err[0] and "params.yaml `colourise." in err[0]
+
+
+def test_norm_stats_windows_needs_area_statistics(tmp_path: Path, calls: list[dict[str, Any]],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.stages.colourise import main
+
+    base = ["--model", "m.pt", "--store", "s.mbtiles", "--out", str(tmp_path / "o.mbtiles")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--norm-stats", "model", "--norm-stats-windows", "8"])
+    assert exit_info.value.code == 2 and not calls
+    assert "--norm-stats-windows applies to --norm-stats area" in capsys.readouterr().err
+    assert main([*base, "--norm-stats-windows", "8"]) == 0
+    assert calls[-1]["norm_stats_windows"] == 8
+    assert main([*base, "--norm-stats", "model"]) == 0
+    assert calls[-1]["norm_stats_windows"] is None
+    assert main(base) == 0
+    assert calls[-1]["norm_stats_windows"] == 64

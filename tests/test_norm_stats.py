@@ -173,3 +173,23 @@ def test_a_model_fits_its_norms_to_an_area_and_refits_from_scratch() -> None:
     assert not torch.allclose(own, on_a, atol=1e-4)
     batch_normed = _pix2pix("batch")
     assert batch_normed.fit_norm_stats(gray_batches(area_a, 4, 2)) == 0
+
+
+def test_gathering_statistics_leaves_the_model_as_it_was() -> None:
+    from models.networks.norm_stats import fixed_norm_stats, gray_batches
+
+    model = _pix2pix("instance")
+    net = model.nets[model.colourising_net]
+    g = torch.Generator().manual_seed(5)
+    area = (torch.rand(4, 128, 128, generator=g) * 200).to(torch.uint8).numpy()
+    probe = torch.from_numpy(area[:1]).unsqueeze(1).float() / 255
+    with torch.no_grad():
+        before = model.colourise(probe)
+        stats = model.gather_norm_stats(gray_batches(area, 4, 2))
+        assert stats is not None and fixed_norm_stats(net) is None  # still each window's own
+        assert torch.equal(model.colourise(probe), before)
+        model.fit_norm_stats(gray_batches(area, 4, 2))
+        fixed = fixed_norm_stats(net)
+    assert fixed is not None and fixed.keys() == stats.keys()
+    assert all(torch.equal(fixed[k]["var"], stats[k]["var"]) for k in stats)
+    assert _pix2pix("batch").gather_norm_stats(gray_batches(area, 4, 2)) is None

@@ -41,13 +41,16 @@ class StatsGatherer:
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def gather(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0].detach().double()
-            mean = x.mean(dim=(2, 3)).sum(0)
-            square = (x * x).mean(dim=(2, 3)).sum(0)
+            # each image's mean and variance in the network's precision (two-pass, so no
+            # cancellation), pooled in float64: whole activations in float64 doubled the pass
+            var, mean = torch.var_mean(args[0].detach(), dim=(2, 3), correction=0)
+            mean, var = mean.double(), var.double()
+            square = (var + mean * mean).sum(0)
+            mean = mean.sum(0)
             old = self._sums.get(name)
             self._sums[name] = (mean, square) if old is None else (old[0] + mean, old[1] + square)
             if name == self._names[0]:
-                self._images += x.shape[0]
+                self._images += args[0].shape[0]
         return gather
 
     def remove(self) -> None:

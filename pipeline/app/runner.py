@@ -158,13 +158,13 @@ class ModelRunner:
         """The instance-norm statistics of these (N, window, window) uint8 gray windows of an area,
         for `add_area` (None for a model without instance norms). Runs on the calling thread, on a
         copy of the model, so passes running meanwhile are not disturbed."""
-        from models.networks.norm_stats import fixed_norm_stats, gray_batches
+        from models.networks.norm_stats import gray_batches
 
         if not self.adapts or len(windows) == 0:
             return None
+        # gathering switches the norms to each input's own statistics while it runs
         model = copy.deepcopy(self.model)
-        model.fit_norm_stats(gray_batches(windows, len(windows), self.batch_size))
-        return fixed_norm_stats(model.nets[model.colourising_net])
+        return model.gather_norm_stats(gray_batches(windows, len(windows), self.batch_size))
 
     def add_area(self, key: str, stats: Any) -> None:
         """Windows submitted with `area=key` are coloured with these statistics (checked: a

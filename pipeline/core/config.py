@@ -277,7 +277,18 @@ class AblationConfig(Strict):
 
 
 # --------------------------------------------------------------------------- evaluate
-class EvaluateConfig(Strict):
+class AreaNormStats(Strict):
+    """How a model's instance norms normalise when it colourises an area (the evaluate and
+    colourise stages; models/networks/norm_stats.py)."""
+
+    # "area" gathers them over up to `norm_stats_windows` of the area's own inputs (never its
+    # colours) and uses them for every window, so windows match (no seams); "model": as the model
+    # file has them (each window's own, unless the file carries fixed ones).
+    norm_stats: Literal["area", "model"] = "area"
+    norm_stats_windows: int = Field(default=64, ge=1)
+
+
+class EvaluateConfig(AreaNormStats):
     batch_size: int = Field(default=16, ge=1)
     # Tile bootstrap (eval/bootstrap.py): replicates, two-sided confidence; seeded by `seed`.
     bootstrap_samples: int = Field(default=1000, ge=100)
@@ -292,12 +303,6 @@ class EvaluateConfig(Strict):
     kid_subsets: int = Field(default=100, ge=1)
     kid_subset_size: int = Field(default=1000, ge=2)
     seed: int = 0
-    # Instance-norm statistics when a model colourises an area (models/networks/norm_stats.py):
-    # "area" gathers them over up to `norm_stats_windows` of the area's own inputs (never its
-    # colours) and uses them for every window, so windows match (no seams); "model": as the model
-    # file has them (each window's own, unless the file carries fixed ones).
-    norm_stats: Literal["area", "model"] = "area"
-    norm_stats_windows: int = Field(default=64, ge=1)
 
 
 class BaselineConfig(Strict):
@@ -338,19 +343,13 @@ class TrainedModelConfig(Strict):
     dataset: str
 
 
-class ColouriseConfig(Strict):
+class ColouriseConfig(AreaNormStats):
     """The `colourise` stage: a trained model colourises a harvested area."""
 
     # release/model.pt (the release model) or runs/<ablation>/model.pt
     model: Annotated[str, AfterValidator(_model_file)] = "release/model.pt"
     store: str  # fetch key of the tile store to colourise
     margin: int | None = Field(default=None, ge=0)  # context pixels; None: smallest that fits G
-    # Instance-norm statistics when a model colourises an area (models/networks/norm_stats.py):
-    # "area" gathers them over up to `norm_stats_windows` of the area's own inputs (never its
-    # colours) and uses them for every window, so windows match (no seams); "model": as the model
-    # file has them (each window's own, unless the file carries fixed ones).
-    norm_stats: Literal["area", "model"] = "area"
-    norm_stats_windows: int = Field(default=64, ge=1)
 
 
 # --------------------------------------------------------------------------- release

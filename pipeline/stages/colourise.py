@@ -28,6 +28,13 @@ def _count(text: str, minimum: int) -> int:
     return value
 
 
+NORM_STATS_WINDOWS = 64
+# Options that --stage takes from params.yaml instead (option -> key of `colourise`, or where set).
+STAGE_SETS = {"model": "colourise.model", "store": "colourise.store", "out": "colourise.store",
+              "geotiff": "colourise.store", "preview": "colourise.store", "margin": "colourise.margin",
+              "norm_stats": "colourise.norm_stats", "norm_stats_windows": "colourise.norm_stats_windows"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luminescence colourise",
@@ -38,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the dvc.yaml stage: model, store, margin and norm statistics from params.yaml "
                              "`colourise`, "
                              "outputs in data/colourised/ and reports/colourised/")
-    parser.add_argument("--model", type=Path, default=RELEASE_DIR / "model.pt",
-                        help="a model file: the release model (default: %(default)s) or "
+    parser.add_argument("--model", type=Path, default=None,
+                        help=f"a model file: the release model (default: {RELEASE_DIR / 'model.pt'}) or "
                              "runs/ABLATION/model.pt")
     parser.add_argument("--store", type=Path, help="input tile store (.mbtiles)")
     parser.add_argument("--out", type=Path, help="output tile store (.mbtiles)")
@@ -55,12 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=lambda t: _count(t, 1), default=2,
                         help="tiles per model call (default 2: fastest per tile on a CPU, "
                              "docs/benchmarks/inference_layout.md; more on a GPU)")
-    parser.add_argument("--norm-stats", choices=["area", "model"], default="area",
+    parser.add_argument("--norm-stats", choices=["area", "model"], default=None,
                         help="instance norms (the release model's decoder): the area's own statistics, "
                              "gathered over --norm-stats-windows of its windows, for every tile (default: "
                              "no seams), or as the model file has them (each window's own)")
-    parser.add_argument("--norm-stats-windows", type=lambda t: _count(t, 1), default=64, metavar="N",
-                        help="windows, spread over the area, for --norm-stats area (default: %(default)s)")
+    parser.add_argument("--norm-stats-windows", type=lambda t: _count(t, 1), default=None, metavar="N",
+                        help="windows, spread over the area, for --norm-stats area "
+                             f"(default: {NORM_STATS_WINDOWS})")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -74,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.core.config import load_params
         from pipeline.core.paths import COLOURISED_DIR, REPORTS_DIR, store_path
 
+        given = [name for name in STAGE_SETS if getattr(args, name) is not None]
+        if given:  # never silently replaced by params.yaml
+            flag = "--" + given[0].replace("_", "-")
+            raise ColouriseError(f"{flag} cannot be combined with --stage, which takes it from params.yaml "
+                                 f"`{STAGE_SETS[given[0]]}`: edit params.yaml, or drop --stage and name "
+                                 "--store and --out")
         params = load_params()
         cfg = params.colourise
         if cfg is None:
@@ -91,8 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         args.margin = cfg.margin
         args.norm_stats, args.norm_stats_windows = cfg.norm_stats, cfg.norm_stats_windows
         args.out.unlink(missing_ok=True)  # a stage re-run starts over (model or area changed)
-    elif not (args.store and args.out):
-        parser.error("--store and --out are required (or --stage)")
+    else:
+        if not (args.store and args.out):
+            parser.error("--store and --out are required (or --stage)")
+        if args.norm_stats == "model" and args.norm_stats_windows is not None:
+            parser.error("--norm-stats-windows applies to --norm-stats area only; drop one of them")
+        args.model = args.model or RELEASE_DIR / "model.pt"
+        args.norm_stats = args.norm_stats or "area"
+        args.norm_stats_windows = args.norm_stats_windows or NORM_STATS_WINDOWS
     threads = cpu.apply()
     if threads.source != "kept":
         print(threads.describe(), file=sys.stderr)

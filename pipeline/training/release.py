@@ -138,17 +138,12 @@ def _identity(release: ReleaseConfig, params: Params) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def generator_name(model: GANModel) -> str:
-    """The network that colourises (pix2pix's G, CycleGAN's G_A)."""
-    return "G" if "G" in model.nets else "G_A"
-
-
 def gather_norm_stats(model: GANModel, batches: ReleaseBatches, samples: int, device: torch.device, *,
                       progress: bool = False) -> tuple[dict[str, NormStats], dict[str, Any]] | None:
     """Statistics for the generator's instance norms over `samples` training inputs (drawn like
     training batches, from streams no training step uses), and a record of how; None when the
     generator has no instance norms."""
-    name = generator_name(model)
+    name = model.colourising_net
     net = model.nets[name]
     if not instance_norms(net):
         return None
@@ -274,7 +269,7 @@ def train_release(release: ReleaseConfig, params: Params, out_dir: Path, *, step
     if size_mb > release.max_weights_mb:
         raise ReleaseError(f"{out_dir / 'model.pt'} is {size_mb:.1f} MB, over `release.max_weights_mb` "
                            f"({release.max_weights_mb:g}); use smaller ngf/ndf or netG in `release.options`")
-    generator = model.nets[generator_name(model)]
+    generator = model.nets[model.colourising_net]
     return ReleaseResult(
         model=cls.name, options=options.model_dump(mode="json"), steps=total, constant_steps=constant,
         decay_steps=decay, batch_size=release.batch_size, kept_step=kept_step,
