@@ -463,3 +463,27 @@ def test_a_model_with_instance_norms_colours_a_view_with_its_areas_statistics(
     with WebApp(params, sample_derived_dir=derived, area_windows=0) as web:  # each window's own
         colour = web.state.views["erie"].colour
         assert colour is not None and colour.area_key == "" and colour.path != store_path
+
+
+def test_start_up_prepares_the_views_areas_one_after_the_other_in_order() -> None:
+    """The page opens the first view: its statistics do not share the machine with the others',
+    and one view's failure does not keep the next from being prepared."""
+    import asyncio
+
+    from pipeline.app.routes import _prepare_areas
+
+    events: list[str] = []
+
+    class FakeColour:
+        def __init__(self, name: str, fails: bool) -> None:
+            self.name, self.fails = name, fails
+
+        async def area_ready(self) -> None:
+            events.append(f"start {self.name}")
+            await asyncio.sleep(0.01)
+            events.append(f"end {self.name}")
+            if self.fails:
+                raise OSError("service down")
+
+    asyncio.run(_prepare_areas([FakeColour("a", True), FakeColour("b", False), FakeColour("c", False)]))
+    assert events == ["start a", "end a", "start b", "end b", "start c", "end c"]

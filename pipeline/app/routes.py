@@ -240,6 +240,19 @@ def _resolve_failed(task: asyncio.Future[Any]) -> None:
         log.info("not ready at start-up (the page will ask again): %s", one_line(str(task.exception())))
 
 
+async def _prepare_areas(colours: list[Any]) -> None:
+    """Each view's area statistics, one view after the other in params.yaml's order: the page
+    opens the first view, which then need not share the machine with the others' (a tile of
+    another view asked for meanwhile starts its own at once)."""
+    for colour in colours:
+        try:
+            await colour.area_ready()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # reported; its tiles ask again
+            log.info("not ready at start-up (the page will ask again): %s", one_line(str(exc)))
+
+
 def resolve_at_startup(state: AppState) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     """A lifespan that starts reading every layer's capabilities as soon as the app serves, so
     that the page's first /api/views finds them read, and gathering each view's area statistics
@@ -250,8 +263,10 @@ def resolve_at_startup(state: AppState) -> Callable[[Starlette], AbstractAsyncCo
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         layers = [layer for view in state.views.values() for layer in (view.historic, view.modern)]
         tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(layer.aresolve()) for layer in layers]
-        tasks += [asyncio.ensure_future(view.colour.area_ready()) for view in state.views.values()
-                  if view.colour is not None and view.colour.area_key]
+        colours = [view.colour for view in state.views.values()
+                   if view.colour is not None and view.colour.area_key]
+        if colours:
+            tasks.append(asyncio.ensure_future(_prepare_areas(colours)))
         for task in tasks:
             task.add_done_callback(_resolve_failed)
         yield
