@@ -42,7 +42,7 @@ class StatsGatherer:
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def gather(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             # each image's mean and variance in the network's precision (two-pass, so no
-            # cancellation), pooled in float64: whole activations in float64 doubled the pass
+            # cancellation), pooled over images in float64
             var, mean = torch.var_mean(args[0].detach(), dim=(2, 3), correction=0)
             mean, var = mean.double(), var.double()
             square = (var + mean * mean).sum(0)
