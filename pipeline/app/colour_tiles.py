@@ -9,7 +9,7 @@ folder; two requests for one tile share one computation.
 
 A model with instance norms colours the view's area with that area's own statistics, as the
 colourise stage does: before its first tile, the layer gathers them over the context windows
-of up to `area_windows` tiles spread over the view's area (once: they are kept beside the
+of the tiles of `area_sample`, spread over the view's area (once: they are kept beside the
 store and read back on the next start), so every tile is normalised alike.
 """
 
@@ -68,14 +68,6 @@ def downsample(children: dict[tuple[int, int], np.ndarray | None]) -> np.ndarray
     return np.dstack([np.rint(rgb), np.rint(a)]).clip(0, 255).astype(np.uint8)
 
 
-def spread_sample(tiles: list[TileId], k: int) -> list[TileId]:
-    """Up to k of the tiles, evenly spread over them in row order (all when there are fewer)."""
-    from models.networks.norm_stats import spread
-
-    ordered = sorted(tiles, key=lambda t: (t.y, t.x))
-    return [ordered[i] for i in spread(len(ordered), k)] if k > 0 else []
-
-
 def read_stats(path: Path) -> Any:
     """Statistics kept by an earlier start (None when absent or unreadable: gathered again)."""
     import torch
@@ -102,17 +94,16 @@ class ColourLayer:
     """The colourised version of one historic layer by one model."""
 
     def __init__(self, source: LayerTiles, runner: ModelRunner, *, zoom: int, zoom_out: int,
-                 store_dir: Path, area_key: str = "", area_tiles: list[TileId] | None = None,
-                 area_windows: int = 0) -> None:
-        """area_key, area_tiles, area_windows: give a model with instance norms the statistics of
-        up to `area_windows` of these tiles (the view's area) under this key; 0: each window's own."""
+                 store_dir: Path, area_key: str = "", area_sample: list[TileId] | None = None) -> None:
+        """area_key, area_sample: give a model with instance norms the statistics of these tiles'
+        windows (spread over the view's area) under this key; none: each window's own."""
         self.source = source
         self.runner = runner
         self.zoom = zoom
         self.min_zoom = max(0, zoom - zoom_out)
-        adapt = bool(area_windows and area_tiles and runner.adapts)
+        adapt = bool(area_sample and runner.adapts)
         self.area_key = area_key if adapt else ""
-        self.area_sample = spread_sample(area_tiles or [], area_windows) if adapt else []
+        self.area_sample = list(area_sample or []) if adapt else []
         ident = f"{source.service_key}|{source.cfg.layer}|{source.cfg.gray}|{source.luma}|{runner.margin}"
         if adapt:  # other statistics, other colours: another store
             ident += f"|area:{','.join(f'{t.z}/{t.x}/{t.y}' for t in self.area_sample)}"

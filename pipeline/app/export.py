@@ -41,12 +41,13 @@ async def export_view(view: View, bbox: tuple[float, float, float, float] | None
 
     if view.colour is None:
         raise RequestError(f"view '{view.name}' has no colourised layer: {view.model_error}", 503)
-    tiles = view.tiles_in(bbox)
-    if not tiles:
+    grid = view.tile_grid(bbox)  # counted before any tile is listed: a huge area is refused at once
+    if not len(grid):
         raise RequestError(f"the requested area holds no tiles of view '{view.name}'")
-    if len(tiles) > max_tiles:
-        raise RequestError(f"this area needs {len(tiles)} tiles at zoom {view.zoom}, more than "
+    if len(grid) > max_tiles:
+        raise RequestError(f"this area needs {len(grid)} tiles at zoom {view.zoom}, more than "
                            f"app.export_max_tiles ({max_tiles}); zoom in and download again", 413)
+    tiles = grid.tiles()
     runner = view.colour.runner
     xs, ys = [t.x for t in tiles], [t.y for t in tiles]
     x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)

@@ -39,6 +39,51 @@ class RequestError(LuminescenceError):
         self.status = status
 
 
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of a rectangle at one zoom: every column of `xs` in every row of `ys`."""
+
+    zoom: int
+    xs: range
+    ys: range
+
+    def __len__(self) -> int:
+        return len(self.xs) * len(self.ys)
+
+    def tile_at(self, index: int) -> TileId:
+        """The index-th tile in row order (north to south, west to east)."""
+        row, col = divmod(index, len(self.xs))
+        return TileId(self.zoom, self.xs[col], self.ys[row])
+
+    def tiles(self) -> list[TileId]:
+        return [TileId(self.zoom, x, y) for y in self.ys for x in self.xs]
+
+    def spread(self, k: int) -> list[TileId]:
+        """Up to k tiles evenly spread over the grid in row order (all when there are fewer)."""
+        from models.networks.norm_stats import spread
+
+        return [self.tile_at(int(i)) for i in spread(len(self), k)] if k > 0 else []
+
+
+def grid_over(bounds_3857: tuple[float, float, float, float], bbox_wgs84: tuple[float, float, float, float],
+              zoom: int) -> TileGrid:
+    """The tiles that mercantile finds over bbox_wgs84 and that meet the rectangle bounds_3857
+    (edges included). Two rectangles meet where both their x and their y intervals do, so
+    columns and rows are checked apart: O(columns + rows), not O(tiles)."""
+    w, s, e, n = bbox_wgs84
+    w, s, e, n = max(-180.0, w), max(-85.051129, s), min(180.0, e), min(85.051129, n)
+    first = mercantile.tile(w, n, zoom)  # as mercantile.tiles picks its corners
+    last = mercantile.tile(e - mercantile.LL_EPSILON, s + mercantile.LL_EPSILON, zoom)
+    left, bottom, right, top = bounds_3857
+    xs = [x for x in range(first.x, last.x + 1)
+          if (b := tile_bounds_3857(TileId(zoom, x, first.y)))[0] <= right and b[2] >= left]
+    ys = [y for y in range(first.y, last.y + 1)
+          if (b := tile_bounds_3857(TileId(zoom, first.x, y)))[1] <= top and b[3] >= bottom]
+    if not xs or not ys:
+        return TileGrid(zoom, range(0), range(0))
+    return TileGrid(zoom, range(xs[0], xs[-1] + 1), range(ys[0], ys[-1] + 1))
+
+
 @dataclass
 class View:
     name: str
@@ -71,16 +116,20 @@ class View:
             raise RequestError(f"tile {tile} is outside the area of view '{self.name}'", 404)
         return tile
 
-    def tiles_in(self, bbox_wgs84: tuple[float, float, float, float] | None) -> list[TileId]:
-        """The view-zoom tiles of the view's area inside bbox (the whole area when None)."""
+    def tile_grid(self, bbox_wgs84: tuple[float, float, float, float] | None) -> TileGrid:
+        """The view-zoom tiles of the view's area inside bbox (the whole area when None), as
+        columns and rows: a large area is counted and sampled without listing its tiles."""
         w, s, e, n = self.aoi.bounds_wgs84
         if bbox_wgs84 is not None:
             bw, bs, be, bn = bbox_wgs84
             w, s, e, n = max(w, bw), max(s, bs), min(e, be), min(n, bn)
             if w >= e or s >= n:
                 raise RequestError(f"the requested area does not overlap view '{self.name}'")
-        tiles = [TileId(t.z, t.x, t.y) for t in mercantile.tiles(w, s, e, n, self.zoom)]
-        return [t for t in tiles if self._bbox.intersects(box(*tile_bounds_3857(t)))]
+        return grid_over(self._bbox.bounds, (w, s, e, n), self.zoom)
+
+    def tiles_in(self, bbox_wgs84: tuple[float, float, float, float] | None) -> list[TileId]:
+        """The view-zoom tiles of the view's area inside bbox (the whole area when None)."""
+        return self.tile_grid(bbox_wgs84).tiles()
 
     def describe(self) -> dict[str, Any]:
         """What the page needs to show the view (JSON)."""
@@ -159,7 +208,7 @@ class AppState:
                 view.colour = ColourLayer(
                     layers["historic"], runner, zoom=vcfg.zoom, zoom_out=self.cfg.zoom_out,
                     store_dir=self.data_dir / "colourised", area_key=f"view:{name}",
-                    area_tiles=view.tiles_in(None) if area_windows else None, area_windows=area_windows)
+                    area_sample=view.tile_grid(None).spread(area_windows))
             self.views[name] = view
 
     def set_sample_caps_url(self, url_fn: Any) -> None:
