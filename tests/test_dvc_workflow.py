@@ -167,6 +167,16 @@ def test_no_stage_reads_the_reference_layout_exports() -> None:
     assert {"data/datasets/*/aligned/", "data/datasets/*/unpaired/"} <= set(ignored)
 
 
+def test_the_committed_lock_records_only_stages_that_exist() -> None:
+    """DVC keeps a removed or renamed stage's entry in dvc.lock; the committed lock must not
+    (its hashes would describe results that `make repro` no longer makes)."""
+    import yaml
+
+    graph, _ = stage_graph(ROOT)
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert locked - set(graph) == set(), "dvc.lock records stages that dvc.yaml no longer defines"
+
+
 def test_adding_an_ablation_runs_only_its_stages_and_the_report(repo: Path) -> None:
     new = "  p2p_unet_small_gray: {model: pix2pix, dataset: gray, ngf: 32}\n"
     edit_params(repo, r"^ablations:\n", "ablations:\n" + new)
