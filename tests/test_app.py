@@ -478,12 +478,57 @@ def test_start_up_prepares_the_views_areas_one_after_the_other_in_order() -> Non
         def __init__(self, name: str, fails: bool) -> None:
             self.name, self.fails = name, fails
 
-        async def area_ready(self) -> None:
-            events.append(f"start {self.name}")
+        async def area_ready(self, *, background: bool = False) -> None:
+            events.append(f"start {self.name}{' (background)' if background else ''}")
             await asyncio.sleep(0.01)
             events.append(f"end {self.name}")
             if self.fails:
                 raise OSError("service down")
 
     asyncio.run(_prepare_areas([FakeColour("a", True), FakeColour("b", False), FakeColour("c", False)]))
-    assert events == ["start a", "end a", "start b", "end b", "start c", "end c"]
+    assert events == ["start a", "end a", "start b (background)", "end b", "start c (background)", "end c"]
+
+
+def test_the_runner_says_when_it_is_busy_and_gathering_pauses_before_each_batch(instance_model: Path) -> None:
+    """Background gathering looks at `busy()`: windows queued or running, or just finished (a
+    page's tiles come in bursts); `area_stats` lets it wait before every batch."""
+    from pipeline.app.runner import ModelRunner
+
+    runner = ModelRunner(instance_model, batch_size=2, workers=1)
+    try:
+        assert runner.wait_ready(timeout_s=60)
+        window = np.full((runner.window,) * 2, 128, np.uint8)
+        assert not runner.busy(quiet_s=0.0)
+        done = runner.submit(window)
+        assert runner.busy(quiet_s=0.0) or done.done()
+        done.result(timeout=60)
+        assert runner.busy() and not runner.busy(quiet_s=0.0)  # just finished: still counts for a moment
+        pauses: list[int] = []
+        stats = runner.area_stats(np.stack([window] * 5), pause=lambda: pauses.append(1))
+        assert stats is not None and len(pauses) == 3  # batches of 2, 2 and 1
+    finally:
+        runner.close()
+
+
+def test_a_layer_gathering_in_the_background_waits_until_the_model_is_idle_or_its_tile_asks() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from pipeline.app.colour_tiles import ColourLayer
+
+    busy = [True]
+    layer = ColourLayer.__new__(ColourLayer)  # only the pausing logic: no source, store or model
+    layer.runner = SimpleNamespace(busy=lambda: busy[0])  # type: ignore[assignment]
+    layer.area_key, layer._wanted, layer._waited_s = "", False, 0.0
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(layer._quiet())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the model is busy with another view's tiles
+        await layer.area_ready()  # a tile of this layer asks: no more waiting
+        await asyncio.wait_for(waiting, timeout=1)
+        layer._wanted, busy[0] = False, False
+        await asyncio.wait_for(layer._quiet(), timeout=1)  # idle model: goes on at once
+
+    asyncio.run(scenario())
+    assert layer._waited_s >= 0.3

@@ -32,6 +32,8 @@ from pipeline.geo.tiles import TILE_SIZE, TileId
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
 
 log = logging.getLogger("luminescence.app")
+AREA_READ_CHUNK = 4  # windows read at a time while gathering in the background
+QUIET_POLL_S = 0.05  # how often background gathering looks whether the model is idle again
 
 
 class _Window:
@@ -121,6 +123,10 @@ class ColourLayer:
             "norm_stats": f"area ({len(self.area_sample)} tiles' windows)" if adapt else "model"})
         self.stats_path = self.path.with_suffix(".normstats.pt")
         self._area_ready: asyncio.Future[None] | None = None
+        # Until a tile of this layer waits for the statistics, gathering them is background work
+        # that lets the model's other work (another view's map) go first.
+        self._wanted = False
+        self._waited_s = 0.0
         self._reader = TileStore(self.path, readonly=True)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colour-store")
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="colour-png")
@@ -206,8 +212,12 @@ class ColourLayer:
         safe to ask from any thread."""
         return not self.area_key or self.runner.has_area(self.area_key)
 
-    async def area_ready(self) -> None:
-        """Wait until the model has this area's statistics (gathered once, by the first caller)."""
+    async def area_ready(self, *, background: bool = False) -> None:
+        """Wait until the model has this area's statistics (gathered once, by the first caller).
+        `background`: nobody is waiting for this layer's tiles yet, so the gathering pauses
+        while the model has other windows to colour (until a tile of this layer asks)."""
+        if not background:
+            self._wanted = True
         if not self.area_key:
             return
         ready = self._area_ready
@@ -227,7 +237,13 @@ class ColourLayer:
             except ValueError:  # another model's (or a damaged) file: gather them again
                 log.warning("%s does not fit the model: gathering the statistics again", self.stats_path)
         start = time.perf_counter()
-        found = await asyncio.gather(*(self._window(t) for t in self.area_sample), return_exceptions=True)
+        found: list[Any] = []
+        pending = list(self.area_sample)
+        while pending:  # in the background a few windows at a time, each batch when the model is idle
+            await self._quiet()
+            count = len(pending) if self._wanted else AREA_READ_CHUNK
+            chunk, pending = pending[:count], pending[count:]
+            found += await asyncio.gather(*(self._window(t) for t in chunk), return_exceptions=True)
         failed = [f for f in found if isinstance(f, BaseException)]
         if failed and len(failed) == len(found):  # the service failed, not the area: try again later
             raise failed[0]
@@ -238,13 +254,33 @@ class ColourLayer:
             self.area_key = ""
             return
         fetched = time.perf_counter()
-        stats = await loop.run_in_executor(None, self.runner.area_stats, np.stack(windows))
+        stats = await loop.run_in_executor(None, self.runner.area_stats, np.stack(windows),
+                                           self._quiet_blocking)
         await loop.run_in_executor(self._io, write_stats, self.stats_path, stats)
         self.runner.add_area(self.area_key, stats)
         done = time.perf_counter()
+        waited = f", of which {self._waited_s:.1f} s waiting for other tiles" \
+            if self._waited_s >= 0.05 else ""
         how = (f"gathered over {len(windows)} windows in {done - start:.1f} s ({fetched - start:.1f} s "
-               f"reading their tiles, {done - fetched:.1f} s in the model)")
+               f"reading their tiles, {done - fetched:.1f} s in the model{waited})")
         log.info("%s: instance-norm statistics of the area %s", self.area_key, how)
+
+    def _yields(self) -> bool:
+        return not self._wanted and self.runner.busy()
+
+    async def _quiet(self) -> None:
+        """Background gathering: wait while the model has other work (or had it just now)."""
+        start = time.perf_counter()
+        while self._yields():
+            await asyncio.sleep(QUIET_POLL_S)
+        self._waited_s += time.perf_counter() - start
+
+    def _quiet_blocking(self) -> None:
+        """As `_quiet`, on the gathering's worker thread, before each batch of passes."""
+        start = time.perf_counter()
+        while self._yields():
+            time.sleep(QUIET_POLL_S)
+        self._waited_s += time.perf_counter() - start
 
     async def _overview(self, tile: TileId) -> bytes | None:
         kids = {(dx, dy): TileId(tile.z + 1, 2 * tile.x + dx, 2 * tile.y + dy)

@@ -242,11 +242,12 @@ def _resolve_failed(task: asyncio.Future[Any]) -> None:
 
 async def _prepare_areas(colours: list[Any]) -> None:
     """Each view's area statistics, one view after the other in params.yaml's order: the page
-    opens the first view, which then need not share the machine with the others' (a tile of
-    another view asked for meanwhile starts its own at once)."""
-    for colour in colours:
+    opens the first view, which then need not share the machine with the others'. The later
+    views' are background work: they wait while the model colours tiles (a page is open),
+    until one of their own tiles asks for them."""
+    for i, colour in enumerate(colours):
         try:
-            await colour.area_ready()
+            await colour.area_ready(background=i > 0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # reported; its tiles ask again

@@ -29,6 +29,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ log = logging.getLogger("luminescence.app")
 PRIORITY_TILE = 0
 PRIORITY_UPLOAD = 1
 MAX_CPU_WORKERS = 4  # each concurrent pass holds its own activations: this bounds the memory
+QUIET_S = 0.5  # the runner counts as busy this long after its last window: a page's tiles come in bursts
 
 
 class ModelUnavailable(LuminescenceError):
@@ -102,6 +104,7 @@ class ModelRunner:
         self.workers, self.threads, self.alone_threads = worker_plan(self.device.type, workers)
         self._threads_before: int | None = None
         self._active = 0  # passes running now
+        self._last_work = 0.0  # time.monotonic() of the last window submitted or pass ended
         self._warm = 0  # workers that have run their warm-up pass
         self._ready = threading.Event()
         self._active_lock = threading.Lock()
@@ -150,21 +153,31 @@ class ModelRunner:
                 if area not in self._areas:
                     raise KeyError(f"no statistics for area {area!r}: add_area first")
         future: Future[np.ndarray] = Future()
+        self._last_work = time.monotonic()
         self._queue.put(_Job(priority, next(self._seq), window, future, area))
         return future
 
+    def busy(self, quiet_s: float = QUIET_S) -> bool:
+        """Whether windows are waiting or running, or were within the last `quiet_s` seconds
+        (a page asks for its tiles in bursts): background work waits while it is."""
+        with self._active_lock:
+            active = self._active
+        return active > 0 or not self._queue.empty() or time.monotonic() - self._last_work < quiet_s
+
     # ------------------------------------------------------------------ areas (instance norms)
-    def area_stats(self, windows: np.ndarray) -> Any:
+    def area_stats(self, windows: np.ndarray, pause: Callable[[], None] | None = None) -> Any:
         """The instance-norm statistics of these (N, window, window) uint8 gray windows of an area,
         for `add_area` (None for a model without instance norms). Runs on the calling thread, on a
-        copy of the model, so passes running meanwhile are not disturbed."""
+        copy of the model, so passes running meanwhile are not disturbed. `pause` is called
+        before each batch (it may block, to let other work go first)."""
         from models.networks.norm_stats import gray_batches
 
         if not self.adapts or len(windows) == 0:
             return None
         # gathering switches the norms to each input's own statistics while it runs
         model = copy.deepcopy(self.model)
-        return model.gather_norm_stats(gray_batches(windows, len(windows), self.batch_size))
+        batches = gray_batches(windows, len(windows), self.batch_size)
+        return model.gather_norm_stats(batches if pause is None else _paced(batches, pause))
 
     def add_area(self, key: str, stats: Any) -> None:
         """Windows submitted with `area=key` are coloured with these statistics (checked: a
@@ -214,6 +227,7 @@ class ModelRunner:
     def _pass_ends(self) -> None:
         with self._active_lock:
             self._active -= 1
+            self._last_work = time.monotonic()
 
     def _collect(self) -> list[_Job]:
         first = self._queue.get()
@@ -298,6 +312,12 @@ class ModelRunner:
             self._pass_ends()
         for job, pixels in zip(jobs, out, strict=True):
             job.future.set_result(pixels)
+
+
+def _paced(batches: Iterator[Any], pause: Callable[[], None]) -> Iterator[Any]:
+    for batch in batches:
+        pause()
+        yield batch
 
 
 def worker_plan(device_type: str, workers: int | None,
