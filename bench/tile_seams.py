@@ -2,12 +2,16 @@
 
     .venv/bin/python -m bench.tile_seams [--model release/model.pt]
         [--store data/tiles/erie_village-erie_2011_film.mbtiles] [--margins 0,32] [--blocks 3]
-        [--norm-stats file,window,area,train] [--dataset gray] [--out FILE] [--picture PNG]
+        [--norm-stats file,window,area,train] [--layouts centre,blend] [--dataset gray]
+        [--out FILE] [--picture PNG]
 
 The colourise stage and the web app colourise each tile inside a context window (`margin`
-pixels of its neighbours around it) and keep the centre, so that a tile's edge pixels see the
-same surroundings from both sides. This measures whether that is enough for a model: it
-colourises blocks of 4 x 4 tiles of a tile store that way and compares the a*b* change across
+pixels of its neighbours around it). Keeping each window's centre (`--layouts centre`, what
+they did until 2026-12-02) lets a tile's edge pixels see the same surroundings from both
+sides; cross-fading each tile near its edges with its neighbours' windows (`blend`,
+pipeline/inference/blend.py, what they do now) also makes the colours themselves run on.
+This measures whether that is enough for a model: it colourises blocks of 4 x 4 tiles of a
+tile store that way and compares the a*b* change across
 the 6 tile edges inside each block with the change between any other two adjacent pixel
 columns (rows). A ratio of 1.0 means no seam; a model whose colours depend on the window it
 sees shows its windows' edges. It also gives the mean a*b* distance to the same block
@@ -46,6 +50,7 @@ from pipeline.geo.tiles import TILE_SIZE, TileId
 BLOCK = 4  # tiles a side of a scored block
 AREA_WINDOWS = 64  # `area`: windows the statistics come from (the stages' default)
 NORM_STATS = ("file", "window", "area", "train")
+LAYOUTS = {"centre": "window centres", "blend": "cross-faded"}  # --layouts: how windows make tiles
 
 
 def edge_jump_ratio(ab: np.ndarray, tile: int = TILE_SIZE) -> tuple[float, float]:
@@ -167,24 +172,37 @@ def block_mosaic(tiles: Any, corner: TileId, extra: int) -> np.ndarray:
     return out
 
 
-def score_blocks(model: Any, tiles: Any, corners: list[TileId], margin: int
+def score_blocks(model: Any, tiles: Any, corners: list[TileId], margin: int, layout: str = "blend"
                  ) -> tuple[dict[str, float], np.ndarray]:
     """Seam ratios, distance to one big window, and ms per window, over the blocks; and the
-    first block's mosaic (RGB in [0, 1])."""
+    first block's mosaic (RGB in [0, 1]). `layout`: `centre` keeps each window's centre;
+    `blend` cross-fades each tile with its neighbours' windows, as the stages do (their
+    windows: the block's and one ring around it)."""
+    from pipeline.inference.blend import NEIGHBOURS, blend_tile
     from pipeline.inference.colourise import context_window
 
-    cols, rows, dist, ms = [], [], [], []
+    cols, rows, dist, ms, big_cols, big_rows = [], [], [], [], [], []
     first: np.ndarray | None = None
+    ring = 1 if layout == "blend" else 0
     for corner in corners:
-        mosaic = np.zeros((BLOCK * TILE_SIZE, BLOCK * TILE_SIZE, 3), np.float32)
-        for dy in range(BLOCK):
-            for dx in range(BLOCK):
+        outputs: dict[tuple[int, int], np.ndarray] = {}
+        for dy in range(-ring, BLOCK + ring):
+            for dx in range(-ring, BLOCK + ring):
                 window = context_window(tiles, TileId(corner.z, corner.x + dx, corner.y + dy), margin)
                 t0 = time.perf_counter()
                 rgb = colourise(model, window)
                 ms.append((time.perf_counter() - t0) * 1000)
-                mosaic[dy * TILE_SIZE:(dy + 1) * TILE_SIZE, dx * TILE_SIZE:(dx + 1) * TILE_SIZE] = \
-                    rgb[margin:margin + TILE_SIZE, margin:margin + TILE_SIZE]
+                outputs[(dx, dy)] = (rgb * 255).round().astype(np.uint8)
+        mosaic = np.zeros((BLOCK * TILE_SIZE, BLOCK * TILE_SIZE, 3), np.float32)
+        for dy in range(BLOCK):
+            for dx in range(BLOCK):
+                if layout == "blend":
+                    around = {(ox, oy): outputs[(dx + ox, dy + oy)] for ox, oy in NEIGHBOURS}
+                    pixels = blend_tile(around, margin)
+                else:
+                    pixels = outputs[(dx, dy)][margin:margin + TILE_SIZE, margin:margin + TILE_SIZE]
+                mosaic[dy * TILE_SIZE:(dy + 1) * TILE_SIZE,
+                       dx * TILE_SIZE:(dx + 1) * TILE_SIZE] = pixels / 255.0
         first = mosaic if first is None else first
         ab = ab_of(mosaic)
         c, r = edge_jump_ratio(ab)
@@ -193,8 +211,12 @@ def score_blocks(model: Any, tiles: Any, corners: list[TileId], margin: int
         inner = slice(TILE_SIZE, -TILE_SIZE)
         big = ab_of(colourise(model, block_mosaic(tiles, corner, 1)))[inner, inner]
         dist.append(float(np.linalg.norm(ab - big, axis=-1).mean()))
+        c, r = edge_jump_ratio(big)  # the same places in one window: what the model gives without tiles
+        big_cols.append(c)
+        big_rows.append(r)
     scores = {"cols": statistics.mean(cols), "rows": statistics.mean(rows), "big": statistics.mean(dist),
-              "ms": statistics.median(ms)}
+              "ms": statistics.median(ms), "big_cols": statistics.mean(big_cols),
+              "big_rows": statistics.mean(big_rows)}
     assert first is not None  # corners is not empty
     return scores, first
 
@@ -251,6 +273,9 @@ def main() -> None:
     parser.add_argument("--dataset", default=None,
                         help="a dataset of data/datasets: its train split gives `train` statistics, and "
                              "each variant is also scored on its held-out area")
+    parser.add_argument("--layouts", default="centre,blend",
+                        help="centre (keep each window's centre, as the stages did before 2026-12-02), "
+                             "blend (cross-fade with the neighbours' windows, what the stages do)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the app runs one per pass)")
     parser.add_argument("--out", default=None, help="also write the Markdown here")
     parser.add_argument("--picture", default=None, metavar="PNG",
@@ -258,6 +283,7 @@ def main() -> None:
     args = parser.parse_args()
 
     variants = parse_list(args.norm_stats, "norm-stats", NORM_STATS)
+    layouts = parse_list(args.layouts, "layouts", tuple(LAYOUTS))
     try:
         margins = [int(m) for m in parse_list(args.margins, "margins")]
     except ValueError:
@@ -309,7 +335,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         picked = rng.choice(len(candidates), min(args.blocks, len(candidates)), replace=False)
         corners = [candidates[i] for i in sorted(picked)]
-        rows: list[tuple[str, int, dict[str, float], str]] = []
+        rows: list[tuple[str, int, str, dict[str, float], str]] = []
         panels: list[tuple[str, np.ndarray]] = []
         stage_margin = context_margin(multiple)
         shown_margin = stage_margin if stage_margin in margins else margins[-1]
@@ -347,16 +373,16 @@ def main() -> None:
                     scored_model = copy.deepcopy(model)
                     fit_area_norm_stats(scored_model, tiles, store_tiles, margin=margin, windows=AREA_WINDOWS,
                                         batch_size=2)
-                with normalising(variant):
-                    scored, mosaic = score_blocks(scored_model, tiles, corners, margin)
-                rows.append((variant, margin, scored, heldout))
-                if margin == shown_margin:
-                    panels.append((f"{variant} statistics, margin {margin}: seams {scored['cols']:.2f} / "
-                                   f"{scored['rows']:.2f}", mosaic))
-                print(f"{variant} statistics, margin {margin}: seams {scored['cols']:.2f} / "
-                      f"{scored['rows']:.2f}, distance to one window {scored['big']:.2f}, "
-                      f"{scored['ms']:.0f} ms a window"
-                      + (f", held-out ΔE2000 {heldout}" if heldout else ""), flush=True)
+                for layout in layouts:
+                    with normalising(variant):
+                        scored, mosaic = score_blocks(scored_model, tiles, corners, margin, layout)
+                    rows.append((variant, margin, layout, scored, heldout))
+                    name = f"{variant} statistics, margin {margin}, {LAYOUTS[layout]}"
+                    if margin == shown_margin:
+                        panels.append((f"{name}: seams {scored['cols']:.2f} / {scored['rows']:.2f}", mosaic))
+                    print(f"{name}: seams {scored['cols']:.2f} / {scored['rows']:.2f}, distance to one "
+                          f"window {scored['big']:.2f}, {scored['ms']:.0f} ms a window"
+                          + (f", held-out ΔE2000 {heldout}" if heldout else ""), flush=True)
     load1 = os.getloadavg()[0]
 
     lines = [
@@ -365,15 +391,20 @@ def main() -> None:
         f"Model {args.model} ({net_g}); store {args.store} (z{zoom}); {len(corners)} blocks of "
         f"{BLOCK} x {BLOCK} tiles" + (f"; dataset {args.dataset}" if args.dataset else "") + ".",
         "",
-        "| instance-norm statistics | margin | window | seams: across tile edges / elsewhere, columns "
-        "| rows | a*b* distance to one big window | ms a window | held-out ΔE2000 (whole tiles) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| instance-norm statistics | margin | window | tiles | seams: across tile edges / elsewhere, "
+        "columns | rows | the same in one big window, columns / rows | a*b* distance to one big window "
+        "| ms a window | held-out ΔE2000 (whole tiles) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for variant, margin, s, heldout in rows:
-        lines.append(f"| {variant} | {margin} | {TILE_SIZE + 2 * margin} px | {s['cols']:.2f} | "
-                     f"{s['rows']:.2f} | {s['big']:.2f} | {s['ms']:.0f} | {heldout or '–'} |")
+    for variant, margin, layout, s, heldout in rows:
+        lines.append(f"| {variant} | {margin} | {TILE_SIZE + 2 * margin} px | {LAYOUTS[layout]} | "
+                     f"{s['cols']:.2f} | {s['rows']:.2f} | {s['big_cols']:.2f} / {s['big_rows']:.2f} | "
+                     f"{s['big']:.2f} | {s['ms']:.0f} | "
+                     f"{heldout or '–'} |")
     lines += ["", "Seams: 1.0 is none; the a*b* change across the tile edges inside the blocks over the "
-              "change between other adjacent columns (rows).", ""]
+              "change between other adjacent columns (rows). \"The same in one big window\": that ratio at "
+              "the same places when the whole block is colourised in one window, where no tile edge "
+              "exists (what the model itself gives there).", ""]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -190,7 +190,9 @@ def test_concurrent_requests_share_one_computation_and_batches(web: WebApp) -> N
         th.start()
     for th in threads:
         th.join()
-    assert stats.windows - windows == 6 and stats.batches - batches < 6  # windows shared passes
+    # a row of 6 tiles is blended from 8 x 3 windows (theirs and their neighbours'), each run once,
+    # and windows of concurrent requests shared passes
+    assert stats.windows - windows == 8 * 3 and stats.batches - batches < 8 * 3
 
     # Persistent: the tile is in the store keyed by the model's digest, and served from it.
     assert view.colour.runner.model_id in str(view.colour.path)

@@ -10,8 +10,8 @@ import pytest
 from shapely.geometry import box
 
 from models.networks.norm_stats import spread
-from pipeline.app.views import grid_over
-from pipeline.geo.tiles import TileId, tile_bounds_3857
+from pipeline.app.views import spread_tiles
+from pipeline.geo.tiles import TileId, tile_bounds_3857, tile_rect
 
 
 def to_3857(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -43,18 +43,18 @@ def test_grid_holds_the_listed_tiles_in_row_order(seed: int) -> None:
         left, bottom, right, top = bounds
         dx, dy = (right - left) * 0.2, (top - bottom) * 0.2
         bounds = (left + dx, bottom + dy, right - dx, top - dy)
-    grid = grid_over(bounds, bbox, zoom)
+    grid = tile_rect(bounds, bbox, zoom)
     expected = listed(bounds, bbox, zoom)
     assert grid.tiles() == expected
     assert len(grid) == len(expected)
     picks = spread(len(expected), 32)
-    assert grid.spread(32) == [expected[i] for i in picks]
+    assert spread_tiles(grid, 32) == [expected[i] for i in picks]
 
 
 def test_a_large_area_is_counted_and_sampled_without_listing_it() -> None:
     bbox = (121.0, 24.5, 121.8, 25.3)  # about 80 km a side: 1.5 million tiles at zoom 19
-    grid = grid_over(to_3857(bbox), bbox, 19)
+    grid = tile_rect(to_3857(bbox), bbox, 19)
     assert len(grid) > 1_000_000
-    sample = grid.spread(32)
+    sample = spread_tiles(grid, 32)
     assert len(sample) == 32 and sample[0] == grid.tile_at(0) and sample[-1] == grid.tile_at(len(grid) - 1)
     assert len({(t.x, t.y) for t in sample}) == 32

@@ -58,3 +58,37 @@ def test_collecting_without_running_the_network_is_an_error() -> None:
     norms = SharedNormStats(nn.Sequential(nn.InstanceNorm2d(2)))
     with pytest.raises(RuntimeError, match="no statistics gathered"), norms.collecting():
         pass
+
+
+class _WindowMeanModel:
+    """Colours depend on the whole window seen (as with instance norms): green by its mean."""
+
+    def colourise(self, gray: torch.Tensor) -> torch.Tensor:
+        mean = gray.mean(dim=(2, 3), keepdim=True)
+        return torch.cat([0.3 + 0.4 * gray, 0.2 + 0.6 * mean.expand_as(gray), 0.3 + 0.4 * gray], dim=1)
+
+
+class _Tiles:
+    """A smooth, textured gray landscape cut into tiles (no edge in the image at tile edges)."""
+
+    def get(self, tile: object) -> np.ndarray:
+        from pipeline.geo.tiles import TileId
+
+        assert isinstance(tile, TileId)
+        y, x = np.mgrid[0:256, 0:256]
+        x, y = x + 256 * tile.x, y + 256 * tile.y
+        texture = np.random.default_rng(tile.x * 1000 + tile.y).integers(0, 4, (256, 256))
+        gray = 120 + 60 * np.sin(x / 150) + 60 * np.cos(y / 170) + texture
+        return np.stack([gray.astype(np.uint8), np.full((256, 256), 255, np.uint8)], axis=-1)
+
+
+def test_cross_faded_tiles_show_no_seams_where_window_centres_do() -> None:
+    from bench.tile_seams import score_blocks
+    from pipeline.geo.tiles import TileId
+
+    corner = [TileId(19, 100, 200)]
+    centres, _ = score_blocks(_WindowMeanModel(), _Tiles(), corner, 32, "centre")
+    blended, mosaic = score_blocks(_WindowMeanModel(), _Tiles(), corner, 32, "blend")
+    assert centres["cols"] > 3 and centres["rows"] > 3
+    assert blended["cols"] < 1.5 and blended["rows"] < 1.5
+    assert mosaic.shape == (1024, 1024, 3)

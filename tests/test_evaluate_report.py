@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -345,3 +346,43 @@ def test_colourise_gives_instance_norms_the_areas_statistics(trained: Path, tmp_
     with TileStore(own, readonly=True) as done:
         assert done.metadata["norm_stats"] == "model"
         assert any(done.get(t) != data for t, data in area_tiles.items())
+
+
+def test_a_killed_colourisation_resumes_to_the_same_seamless_tiles(trained: Path, instance_model: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles are cross-faded from their neighbours' windows: a resumed run runs the windows of the
+    finished neighbours again and gives the tiles a full run gives."""
+    from pipeline.geo.tilestore import TileStore
+    from pipeline.inference.colourise import run
+
+    store = trained / "data" / "tiles" / "erie.mbtiles"
+    model = instance_model  # instance norms: each window's colours differ (and no random latent code)
+    kwargs: dict[str, Any] = dict(geotiff=None, preview=None, margin=None, luma="rec601", device_name="cpu",
+                                  batch_size=1, progress=False)
+    full = tmp_path / "full.mbtiles"
+    run(model, store, full, **kwargs)
+    with TileStore(full, readonly=True) as done:
+        expected = {t: done.get(t) for t in done.tiles()}
+    assert len(expected) == NX * NY
+
+    writes = 0
+    put_many = TileStore.put_many
+
+    def killed_after_one_write(self: TileStore, records: Any) -> None:
+        nonlocal writes
+        if writes == 1:
+            raise KeyboardInterrupt  # the user stops the run
+        writes += 1
+        put_many(self, records)
+
+    partial = tmp_path / "partial.mbtiles"
+    with monkeypatch.context() as patch:
+        patch.setattr(TileStore, "put_many", killed_after_one_write)
+        with pytest.raises(KeyboardInterrupt):
+            run(model, store, partial, **kwargs)
+    with TileStore(partial, readonly=True) as half:
+        assert 0 < len(half.tiles()) < NX * NY
+    run(model, store, partial, **kwargs)
+    with TileStore(partial, readonly=True) as done:
+        assert {t: done.get(t) for t in done.tiles()} == expected

@@ -1,11 +1,12 @@
 """A colourised layer computed on demand, tile by tile, and kept: each tile is computed once.
 
 At the view's zoom (the zoom the model was trained on) a tile is colourised inside a window of
-its neighbours' pixels and only its centre is kept, exactly as the colourise stage does, so
-tiles meet without seams. Coarser zooms (down to `zoom_out` levels) are built from their four
-children, never by running the model at a scale it was not trained on. Results go to an
-MBTiles store keyed by the model's weights (digest) and the layer, under the app's data
-folder; two requests for one tile share one computation.
+its neighbours' pixels and cross-faded near its edges with its neighbours' windows, exactly as
+the colourise stage does (pipeline/inference/blend.py), so tiles meet without seams; a
+window's output is kept while neighbouring tiles need it. Coarser zooms (down to `zoom_out`
+levels) are built from their four children, never by running the model at a scale it was
+not trained on. Results go to an MBTiles store keyed by the model's weights (digest) and the
+layer, under the app's data folder; two requests for one tile share one computation.
 
 A model with instance norms colours the view's area with that area's own statistics, as the
 colourise stage does: before its first tile, the layer gathers them over the context windows
@@ -20,6 +21,7 @@ import hashlib
 import io
 import logging
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -30,10 +32,12 @@ from pipeline.app.runner import PRIORITY_TILE, ModelRunner
 from pipeline.app.sources import LayerTiles
 from pipeline.geo.tiles import TILE_SIZE, TileId
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore
+from pipeline.inference.blend import NEIGHBOURS, blend_tile
 
 log = logging.getLogger("luminescence.app")
 AREA_READ_CHUNK = 4  # windows read at a time while gathering in the background
 QUIET_POLL_S = 0.05  # how often background gathering looks whether the model is idle again
+OUTPUTS_KEPT = 256  # model outputs over context windows kept for neighbouring tiles (~0.3 MB each)
 
 
 class _Window:
@@ -106,7 +110,9 @@ class ColourLayer:
         adapt = bool(area_sample and runner.adapts)
         self.area_key = area_key if adapt else ""
         self.area_sample = list(area_sample or []) if adapt else []
-        ident = f"{source.service_key}|{source.cfg.layer}|{source.cfg.gray}|{source.luma}|{runner.margin}"
+        # "blend": tiles cross-faded from their neighbours' windows (older stores are not reused)
+        ident = (f"{source.service_key}|{source.cfg.layer}|{source.cfg.gray}|{source.luma}|{runner.margin}"
+                 f"|blend{'|bf16' if runner.precision == 'bf16' else ''}")
         if adapt:  # other statistics, other colours: another store
             ident += f"|area:{','.join(f'{t.z}/{t.x}/{t.y}' for t in self.area_sample)}"
         name = f"{source.cfg.source}-{source.cfg.layer}{'-gray' if source.cfg.gray else ''}"
@@ -118,7 +124,8 @@ class ColourLayer:
             "name": f"{name} colourised", "format": "png", "type": "overlay",
             "description": f"COLOURISED by {runner.label}; colours are the model's estimate, not "
                            "observations", "model": str(runner.path), "model_sha256": runner.digest,
-            "source_layer": source.cfg.layer, "margin": runner.margin, "minzoom": self.min_zoom,
+            "source_layer": source.cfg.layer, "margin": runner.margin, "precision": runner.precision,
+            "minzoom": self.min_zoom,
             "maxzoom": zoom,
             "norm_stats": f"area ({len(self.area_sample)} tiles' windows)" if adapt else "model"})
         self.stats_path = self.path.with_suffix(".normstats.pt")
@@ -131,6 +138,7 @@ class ColourLayer:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colour-store")
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="colour-png")
         self._inflight: dict[TileId, asyncio.Future[bytes | None]] = {}
+        self._outputs: OrderedDict[TileId, asyncio.Future[np.ndarray | None]] = OrderedDict()
         self.computed = 0  # tiles computed by the model (not read from the store)
 
     def stored(self, tile: TileId) -> tuple[bool, bytes | None]:
@@ -194,17 +202,59 @@ class ColourLayer:
         return window, centre
 
     async def _compute(self, tile: TileId) -> bytes | None:
+        centre = await self.source.gray_alpha(tile)
+        if centre is None or not centre[..., 1].any():
+            return None
+        await self.area_ready()
+        # the tile is cross-faded from its own and its neighbours' windows (as the colourise
+        # stage does), so it meets the tiles around it without a seam
+        around = [TileId(tile.z, tile.x + dx, tile.y + dy) for dx, dy in NEIGHBOURS]
+        found = await asyncio.gather(*(self._output(t) for t in around), return_exceptions=True)
+        own = found[NEIGHBOURS.index((0, 0))]
+        if isinstance(own, BaseException):
+            raise own
+        if own is None:
+            return None
+        outputs: dict[tuple[int, int], np.ndarray | None] = {}
+        for offset, t, value in zip(NEIGHBOURS, around, found, strict=True):
+            if isinstance(value, BaseException):  # a neighbour that failed to load: left out, as if missing
+                log.warning("tile %s/%s/%s of %s could not be read (%s): left out of its neighbour's blend",
+                            t.z, t.x, t.y, self.source.cfg.layer, value)
+                outputs[offset] = None
+            else:
+                outputs[offset] = value
+        self.computed += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._cpu, self._blend_png, outputs, centre[..., 1])
+
+    def _blend_png(self, outputs: dict[tuple[int, int], np.ndarray | None], alpha: np.ndarray) -> bytes:
+        return encode_png(blend_tile(outputs, self.runner.margin), alpha)
+
+    async def _output(self, tile: TileId) -> np.ndarray | None:
+        """The model's (window, window, 3) uint8 output over the tile's context window (None where
+        the layer has no data): computed once while neighbouring tiles need it, kept for
+        OUTPUTS_KEPT windows, two requests sharing one computation."""
+        kept = self._outputs.get(tile)
+        if kept is not None:
+            self._outputs.move_to_end(tile)
+            return await asyncio.shield(kept)
+        future = asyncio.ensure_future(self._run_window(tile))
+        self._outputs[tile] = future
+        if len(self._outputs) > OUTPUTS_KEPT:
+            self._outputs.popitem(last=False)
+        try:
+            return await asyncio.shield(future)
+        except BaseException:
+            if self._outputs.get(tile) is future:  # a failure is not kept: the next request tries again
+                del self._outputs[tile]
+            raise
+
+    async def _run_window(self, tile: TileId) -> np.ndarray | None:
         found = await self._window(tile)
         if found is None:
             return None
-        window, centre = found
-        await self.area_ready()
-        rgb = await asyncio.wrap_future(self.runner.submit(window, PRIORITY_TILE, self.area_key))
-        m = self.runner.margin
-        self.computed += 1
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._cpu, encode_png, rgb[m:m + TILE_SIZE, m:m + TILE_SIZE],
-                                          centre[..., 1])
+        window, _ = found
+        return await asyncio.wrap_future(self.runner.submit(window, PRIORITY_TILE, self.area_key))
 
     @property
     def area_prepared(self) -> bool:

@@ -6,7 +6,8 @@ decided by the file's first bytes, never by its name or the client's Content-Typ
 limited while the body arrives; the pixel count is checked from the header before anything is
 decoded (decompression bombs); GDAL reads the TIFF from memory with only its GTiff driver and
 never looks for side-car files. The model colourises the photo in 256-pixel blocks, each inside
-a window of its neighbours (no seams), in its own pixel grid.
+a window of its neighbours and cross-faded with theirs near its edges (no seams), in its own
+pixel grid.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipeline.app import AREA_WINDOWS
 from pipeline.app.runner import PRIORITY_UPLOAD, ModelRunner
 from pipeline.app.views import RequestError
 from pipeline.geo.tiles import TILE_SIZE
+from pipeline.inference.blend import NEIGHBOURS, blend_tile
 
 MAGIC = {b"II*\x00": "tiff", b"MM\x00*": "tiff", b"II+\x00": "tiff", b"MM\x00+": "tiff",
          b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
@@ -166,8 +168,10 @@ async def colourise_photo(runner: ModelRunner, photo: Photo,
             runner.drop_area(area)
     h, w = photo.gray.shape
     out = np.zeros((h + (-h % TILE_SIZE), w + (-w % TILE_SIZE), 3), np.uint8)
-    for (r, c), rgb in zip(cells, results, strict=True):
-        out[r:r + TILE_SIZE, c:c + TILE_SIZE] = rgb[m:m + TILE_SIZE, m:m + TILE_SIZE]
+    by_cell = dict(zip(cells, results, strict=True))
+    for r, c in cells:  # each block cross-faded with its neighbours' windows: no seams between blocks
+        around = {(dx, dy): by_cell.get((r + dy * TILE_SIZE, c + dx * TILE_SIZE)) for dx, dy in NEIGHBOURS}
+        out[r:r + TILE_SIZE, c:c + TILE_SIZE] = blend_tile(around, m)
     return np.dstack([out[:h, :w], photo.alpha])
 
 

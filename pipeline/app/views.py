@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mercantile
 import shapely
 from shapely.geometry import box, mapping
 
@@ -25,7 +24,7 @@ from pipeline.core.config import AppConfig, AppViewConfig, Params
 from pipeline.core.errors import LuminescenceError
 from pipeline.geo.aoi import Aoi, load_aoi
 from pipeline.geo.tilecache import TileCache
-from pipeline.geo.tiles import TileId, tile_bounds_3857
+from pipeline.geo.tiles import TileId, TileRect, tile_bounds_3857, tile_rect
 
 log = logging.getLogger("luminescence.app")
 ROLES = ("historic", "modern", "colourised")
@@ -39,49 +38,11 @@ class RequestError(LuminescenceError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class TileGrid:
-    """The tiles of a rectangle at one zoom: every column of `xs` in every row of `ys`."""
+def spread_tiles(rect: TileRect, k: int) -> list[TileId]:
+    """Up to k tiles evenly spread over the rectangle in row order (all when there are fewer)."""
+    from models.networks.norm_stats import spread
 
-    zoom: int
-    xs: range
-    ys: range
-
-    def __len__(self) -> int:
-        return len(self.xs) * len(self.ys)
-
-    def tile_at(self, index: int) -> TileId:
-        """The index-th tile in row order (north to south, west to east)."""
-        row, col = divmod(index, len(self.xs))
-        return TileId(self.zoom, self.xs[col], self.ys[row])
-
-    def tiles(self) -> list[TileId]:
-        return [TileId(self.zoom, x, y) for y in self.ys for x in self.xs]
-
-    def spread(self, k: int) -> list[TileId]:
-        """Up to k tiles evenly spread over the grid in row order (all when there are fewer)."""
-        from models.networks.norm_stats import spread
-
-        return [self.tile_at(int(i)) for i in spread(len(self), k)] if k > 0 else []
-
-
-def grid_over(bounds_3857: tuple[float, float, float, float], bbox_wgs84: tuple[float, float, float, float],
-              zoom: int) -> TileGrid:
-    """The tiles that mercantile finds over bbox_wgs84 and that meet the rectangle bounds_3857
-    (edges included). Two rectangles meet where both their x and their y intervals do, so
-    columns and rows are checked apart: O(columns + rows), not O(tiles)."""
-    w, s, e, n = bbox_wgs84
-    w, s, e, n = max(-180.0, w), max(-85.051129, s), min(180.0, e), min(85.051129, n)
-    first = mercantile.tile(w, n, zoom)  # as mercantile.tiles picks its corners
-    last = mercantile.tile(e - mercantile.LL_EPSILON, s + mercantile.LL_EPSILON, zoom)
-    left, bottom, right, top = bounds_3857
-    xs = [x for x in range(first.x, last.x + 1)
-          if (b := tile_bounds_3857(TileId(zoom, x, first.y)))[0] <= right and b[2] >= left]
-    ys = [y for y in range(first.y, last.y + 1)
-          if (b := tile_bounds_3857(TileId(zoom, first.x, y)))[1] <= top and b[3] >= bottom]
-    if not xs or not ys:
-        return TileGrid(zoom, range(0), range(0))
-    return TileGrid(zoom, range(xs[0], xs[-1] + 1), range(ys[0], ys[-1] + 1))
+    return [rect.tile_at(int(i)) for i in spread(len(rect), k)] if k > 0 else []
 
 
 @dataclass
@@ -116,7 +77,7 @@ class View:
             raise RequestError(f"tile {tile} is outside the area of view '{self.name}'", 404)
         return tile
 
-    def tile_grid(self, bbox_wgs84: tuple[float, float, float, float] | None) -> TileGrid:
+    def tile_grid(self, bbox_wgs84: tuple[float, float, float, float] | None) -> TileRect:
         """The view-zoom tiles of the view's area inside bbox (the whole area when None), as
         columns and rows: a large area is counted and sampled without listing its tiles."""
         w, s, e, n = self.aoi.bounds_wgs84
@@ -125,7 +86,7 @@ class View:
             w, s, e, n = max(w, bw), max(s, bs), min(e, be), min(n, bn)
             if w >= e or s >= n:
                 raise RequestError(f"the requested area does not overlap view '{self.name}'")
-        return grid_over(self._bbox.bounds, (w, s, e, n), self.zoom)
+        return tile_rect(self._bbox.bounds, (w, s, e, n), self.zoom)
 
     def tiles_in(self, bbox_wgs84: tuple[float, float, float, float] | None) -> list[TileId]:
         """The view-zoom tiles of the view's area inside bbox (the whole area when None)."""
@@ -196,7 +157,8 @@ class AppState:
             path = Path(model or vcfg.model or self.cfg.model)
             if path not in self.runners:
                 self.runners[path] = load_runner(path, batch_size=self.cfg.batch_size,
-                                                 wait_s=self.cfg.batch_wait_ms / 1000, workers=model_workers)
+                                                 wait_s=self.cfg.batch_wait_ms / 1000, workers=model_workers,
+                                                 precision=self.cfg.precision)
                 runner = self.runners[path]
                 if isinstance(runner, str):
                     log.warning("view %s: no colourised layer: %s", name, runner)
@@ -208,7 +170,7 @@ class AppState:
                 view.colour = ColourLayer(
                     layers["historic"], runner, zoom=vcfg.zoom, zoom_out=self.cfg.zoom_out,
                     store_dir=self.data_dir / "colourised", area_key=f"view:{name}",
-                    area_sample=view.tile_grid(None).spread(area_windows))
+                    area_sample=spread_tiles(view.tile_grid(None), area_windows))
             self.views[name] = view
 
     def set_sample_caps_url(self, url_fn: Any) -> None:

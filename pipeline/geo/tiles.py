@@ -1,12 +1,14 @@
 """Tile math for the GoogleMapsCompatible (EPSG:3857) grid, on top of mercantile.
 
-This module owns tile geometry: bounds, TMS row flipping and the exact AOI cover.
+This module owns tile geometry: bounds, TMS row flipping, the exact AOI cover and the
+rectangle of tiles over a bounding box.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import mercantile
@@ -243,3 +245,42 @@ def check_cover_estimate(geometry_3857: BaseGeometry, zoom: int, max_tiles: int,
     lower = cover_count_lower_bound(geometry_3857, zoom)
     if lower > slack * max_tiles:
         raise TooManyTilesError(lower, zoom, max_tiles, at_least=True)
+
+
+@dataclass(frozen=True)
+class TileRect:
+    """The tiles of a rectangle at one zoom: every column of `xs` in every row of `ys`."""
+
+    zoom: int
+    xs: range
+    ys: range
+
+    def __len__(self) -> int:
+        return len(self.xs) * len(self.ys)
+
+    def tile_at(self, index: int) -> TileId:
+        """The index-th tile in row order (north to south, west to east)."""
+        row, col = divmod(index, len(self.xs))
+        return TileId(self.zoom, self.xs[col], self.ys[row])
+
+    def tiles(self) -> list[TileId]:
+        return [TileId(self.zoom, x, y) for y in self.ys for x in self.xs]
+
+
+def tile_rect(bounds_3857: tuple[float, float, float, float], bbox_wgs84: tuple[float, float, float, float],
+              zoom: int) -> TileRect:
+    """The tiles that mercantile finds over bbox_wgs84 and that meet the rectangle bounds_3857
+    (edges included). Two rectangles meet where both their x and their y intervals do, so
+    columns and rows are checked apart: O(columns + rows), not O(tiles)."""
+    w, s, e, n = bbox_wgs84
+    w, s, e, n = max(-180.0, w), max(-85.051129, s), min(180.0, e), min(85.051129, n)
+    first = mercantile.tile(w, n, zoom)  # as mercantile.tiles picks its corners
+    last = mercantile.tile(e - mercantile.LL_EPSILON, s + mercantile.LL_EPSILON, zoom)
+    left, bottom, right, top = bounds_3857
+    xs = [x for x in range(first.x, last.x + 1)
+          if (b := tile_bounds_3857(TileId(zoom, x, first.y)))[0] <= right and b[2] >= left]
+    ys = [y for y in range(first.y, last.y + 1)
+          if (b := tile_bounds_3857(TileId(zoom, first.x, y)))[1] <= top and b[3] >= bottom]
+    if not xs or not ys:
+        return TileRect(zoom, range(0), range(0))
+    return TileRect(zoom, range(xs[0], xs[-1] + 1), range(ys[0], ys[-1] + 1))

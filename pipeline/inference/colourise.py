@@ -5,9 +5,10 @@
 
 The input is any tile store (a fetch stage's output, or `python -m pipeline.stages.fetch harvest`
 for a new area). Each tile is colourised inside a larger window made of its neighbours
-(`--margin` pixels on every side) and only the centre is kept: the generator sees the
-same context across a tile edge from both sides, so the mosaic shows no tile seams (the
-reference implementations colourise tiles one by one, and their zero padding shows).
+(`--margin` pixels on every side), and near its edges the tile is cross-faded with its
+neighbours' windows (pipeline/inference/blend.py), so colours run on across tile edges and
+the mosaic shows no tile seams (the reference implementations colourise tiles one by one,
+and their zero padding shows).
 Colour input tiles (a modern layer) are converted to gray with the align stage's luma
 first, and the output says so. Output tiles keep the input's transparency and its
 z/x/y, so the GeoTIFF mosaic carries EPSG:3857 and the exact tile bounds.
@@ -29,6 +30,7 @@ from pipeline.core.outputs import PNG, SQLITE, TIFF, Output, check_outputs
 from pipeline.geo.pixels import GrayTiles, to_gray
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, union_bounds_wgs84
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, check_store_file, sqlite_files
+from pipeline.inference.blend import NEIGHBOURS, blend_tile
 
 MIN_MARGIN = 32
 
@@ -120,10 +122,21 @@ def fit_area_norm_stats(model: Any, gray_tiles: GrayTiles, tiles: list[TileId], 
     return len(sample)
 
 
+def window_order(todo: list[TileId], has_data: set[TileId]) -> list[TileId]:
+    """The windows the tiles of `todo` are blended from (`blend_tile`): theirs and their
+    neighbours' with data, row by row, so that a tile can be finished (and its windows let go)
+    a row after its own."""
+    needed = {TileId(t.z, t.x + dx, t.y + dy) for t in todo for dx, dy in NEIGHBOURS}
+    return sorted(needed & has_data, key=lambda t: (t.z, t.y, t.x))
+
+
 def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: int, luma: str,
                     device: Any, batch_size: int = 4, progress: bool = True,
                     norm_stats_windows: int | None = None) -> ColouriseReport:
     """Colourise every tile with data in `source` into `out` (resumable: done tiles are skipped).
+    Each tile is cross-faded from its own and its neighbours' context windows (`blend_tile`), so
+    colours run on across tile edges; the model's outputs are kept only until every tile that
+    needs them is written (about two rows of windows).
     norm_stats_windows: give instance norms the area's statistics first (`fit_area_norm_stats`)."""
     import time
 
@@ -138,35 +151,55 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
     fitted = (fit_area_norm_stats(model, gray_tiles, all_tiles, margin=margin, windows=norm_stats_windows,
                                   batch_size=batch_size)
               if norm_stats_windows and todo else 0)
-    n = TILE_SIZE
-    with torch.inference_mode(), tqdm(total=len(todo), desc="colourising", unit="tile",
+    has_data = {t for t in all_tiles if gray_tiles.get(t) is not None}
+    bad = [t for t in todo if t not in has_data]
+    if bad:
+        out.put_many(TileRecord(t, TileStatus.FAILED, reason="input tile is not a decodable image")
+                     for t in bad)
+    todo = [t for t in todo if t in has_data]
+    order = window_order(todo, has_data)
+    pending = set(todo)
+    # windows still to run before a tile can be blended; tiles still to blend that use a window
+    missing = {t: sum(TileId(t.z, t.x + dx, t.y + dy) in has_data for dx, dy in NEIGHBOURS) for t in todo}
+    users = {w: sum(TileId(w.z, w.x + dx, w.y + dy) in pending for dx, dy in NEIGHBOURS) for w in order}
+    outputs: dict[TileId, np.ndarray] = {}
+    with torch.inference_mode(), tqdm(total=len(todo) + len(bad), desc="colourising", unit="tile",
                                       disable=not progress) as bar:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i:i + batch_size]
-            bad = [t for t in batch if gray_tiles.get(t) is None]
-            if bad:
-                out.put_many(TileRecord(t, TileStatus.FAILED, reason="input tile is not a decodable image")
-                             for t in bad)
-                bar.update(len(bad))
-                batch = [t for t in batch if t not in bad]
-                if not batch:
-                    continue
+        bar.update(len(bad))
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
             windows = np.stack([context_window(gray_tiles, t, margin) for t in batch])
             a = torch.from_numpy(windows).unsqueeze(1).float().div_(255.0).to(device)
             rgb = model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-            rgb = rgb[:, :, margin:margin + n, margin:margin + n].permute(0, 2, 3, 1).cpu().numpy()
+            finished: list[TileId] = []
+            for w, pixels in zip(batch, rgb.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+                outputs[w] = pixels
+                for dx, dy in NEIGHBOURS:
+                    t = TileId(w.z, w.x + dx, w.y + dy)
+                    if t in pending:
+                        missing[t] -= 1
+                        if not missing[t]:
+                            finished.append(t)
             records = []
-            for t, pixels in zip(batch, rgb, strict=True):
+            for t in finished:
+                around = {(dx, dy): outputs.get(TileId(t.z, t.x + dx, t.y + dy)) for dx, dy in NEIGHBOURS}
                 tile = gray_tiles.get(t)
-                if tile is None:  # unreachable: tiles without a usable image were taken out of the batch
+                if tile is None:  # unreachable: tiles without a usable image were taken out of todo
                     raise ColouriseError(f"input tile {t} has no usable image")
-                alpha = tile[..., 1]
-                records.append(TileRecord(t, TileStatus.OK, png_rgba(pixels, alpha)))
-            out.put_many(records)  # one transaction per batch: a killed run keeps what it wrote
-            bar.update(len(batch))
-    failed = len([t for t in todo if t in gray_tiles.undecodable])
-    return ColouriseReport(tiles=len(todo) - failed, colour_input_tiles=len(gray_tiles.colour_tiles),
-                           margin=margin, seconds=time.perf_counter() - start, undecodable=failed,
+                pixels = blend_tile(around, margin)
+                records.append(TileRecord(t, TileStatus.OK, png_rgba(pixels, tile[..., 1])))
+                pending.discard(t)
+                for dx, dy in NEIGHBOURS:
+                    w = TileId(t.z, t.x + dx, t.y + dy)
+                    if w in users:
+                        users[w] -= 1
+                        if not users[w]:
+                            outputs.pop(w, None)
+            if records:
+                out.put_many(records)  # one transaction per batch: a killed run keeps what it wrote
+                bar.update(len(records))
+    return ColouriseReport(tiles=len(todo), colour_input_tiles=len(gray_tiles.colour_tiles),
+                           margin=margin, seconds=time.perf_counter() - start, undecodable=len(bad),
                            norm_stats_windows=fitted)
 
 
@@ -267,6 +300,10 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
     use_fast_layout(model)
     multiple = size_multiple(model.opts.netG)
     margin = context_margin(multiple) if margin is None else margin
+    if not 0 < margin <= TILE_SIZE // 2:  # tiles are cross-faded with their neighbours within the margin
+        raise ColouriseError(f"--margin {margin}: give 1 to {TILE_SIZE // 2} pixels (each tile is "
+                             f"cross-faded with its neighbours' windows within it); the default is "
+                             f"{context_margin(multiple)}")
     if (TILE_SIZE + 2 * margin) % multiple:
         raise ColouriseError(f"--margin {margin} gives {TILE_SIZE + 2 * margin}-pixel windows, but the "
                              f"model's {model.opts.netG} needs multiples of {multiple}; try "

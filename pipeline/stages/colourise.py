@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output tile store (.mbtiles)")
     parser.add_argument("--geotiff", type=Path, default=None, help="also write a GeoTIFF mosaic")
     parser.add_argument("--preview", type=Path, default=None, help="also write a preview PNG")
-    parser.add_argument("--margin", type=lambda t: _count(t, 0), default=None,
-                        help="context pixels around each tile (default: the smallest >= 32 that fits the "
-                             "generator)")
+    parser.add_argument("--margin", type=lambda t: _count(t, 1), default=None,
+                        help="context pixels around each tile, 1 to 128; tiles are cross-faded with their "
+                             "neighbours within them (default: the smallest >= 32 that fits the generator)")
     parser.add_argument("--luma", choices=["rec601", "rec709"], default=None,
                         help="gray conversion for colour input tiles (default: rec601; with --stage, "
                              "params.yaml align.luma, the one the models were trained on)")
