@@ -391,6 +391,12 @@ def test_app_command_help_and_bad_ports(capsys: pytest.CaptureFixture[str]) -> N
         app_main(["--port", "70000"])
     assert exit_.value.code == 2 and "--port 70000 is not a TCP port" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
+        cli_main(["app", "--help"])
+    assert "--precision {auto,fp32,bf16}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        app_main(["--precision", "fp16"])
+    assert exit_.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
         app_main(["--model-workers", "0"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--model-workers 0: give at least 1" in err and err.count("\n") == 1
