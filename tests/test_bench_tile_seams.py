@@ -92,3 +92,5 @@ def test_cross_faded_tiles_show_no_seams_where_window_centres_do() -> None:
     assert centres["cols"] > 3 and centres["rows"] > 3
     assert blended["cols"] < 1.5 and blended["rows"] < 1.5
     assert mosaic.shape == (1024, 1024, 3)
+    pairs, _ = score_blocks(_WindowMeanModel(), _Tiles(), corner, 32, "pairs")  # 2 x 2 tiles a window
+    assert pairs["cols"] < 1.5 and pairs["rows"] < 1.5
