@@ -320,10 +320,8 @@ class ColourLayer:
 
     async def _quiet(self) -> None:
         """Background gathering: wait while the model has other work (or had it just now)."""
-        start = time.perf_counter()
-        while self._yields():
-            await asyncio.sleep(QUIET_POLL_S)
-        self._waited_s += time.perf_counter() - start
+        if self._yields():  # the wait itself on a worker thread: one loop for both callers
+            await asyncio.get_running_loop().run_in_executor(None, self._quiet_blocking)
 
     def _quiet_blocking(self) -> None:
         """As `_quiet`, on the gathering's worker thread, before each batch of passes."""
