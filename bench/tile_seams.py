@@ -179,46 +179,14 @@ def score_blocks(model: Any, tiles: Any, corners: list[TileId], margin: int, lay
     first block's mosaic (RGB in [0, 1]). `layout`: `centre` keeps each window's centre;
     `blend` cross-fades each tile with its neighbours' windows, as the stages do (their
     windows: the block's and one ring around it)."""
-    from pipeline.inference.blend import NEIGHBOURS, blend_tile
-    from pipeline.inference.colourise import context_window
-
     cols, rows, dist, big_cols, big_rows = [], [], [], [], []
     ms: list[float] = []
     first: np.ndarray | None = None
-    ring = 1 if layout == "blend" else 0
     for corner in corners:
         if layout == "pairs":
             mosaic = _pairs_mosaic(model, tiles, corner, margin, ms)
-            first = mosaic if first is None else first
-            ab = ab_of(mosaic)
-            c, r = edge_jump_ratio(ab)
-            cols.append(c)
-            rows.append(r)
-            inner = slice(TILE_SIZE, -TILE_SIZE)
-            big = ab_of(colourise(model, block_mosaic(tiles, corner, 1)))[inner, inner]
-            dist.append(float(np.linalg.norm(ab - big, axis=-1).mean()))
-            c, r = edge_jump_ratio(big)
-            big_cols.append(c)
-            big_rows.append(r)
-            continue
-        outputs: dict[tuple[int, int], np.ndarray] = {}
-        for dy in range(-ring, BLOCK + ring):
-            for dx in range(-ring, BLOCK + ring):
-                window = context_window(tiles, TileId(corner.z, corner.x + dx, corner.y + dy), margin)
-                t0 = time.perf_counter()
-                rgb = colourise(model, window)
-                ms.append((time.perf_counter() - t0) * 1000)
-                outputs[(dx, dy)] = (rgb * 255).round().astype(np.uint8)
-        mosaic = np.zeros((BLOCK * TILE_SIZE, BLOCK * TILE_SIZE, 3), np.float32)
-        for dy in range(BLOCK):
-            for dx in range(BLOCK):
-                if layout == "blend":
-                    around = {(ox, oy): outputs[(dx + ox, dy + oy)] for ox, oy in NEIGHBOURS}
-                    pixels = blend_tile(around, margin)
-                else:
-                    pixels = outputs[(dx, dy)][margin:margin + TILE_SIZE, margin:margin + TILE_SIZE]
-                mosaic[dy * TILE_SIZE:(dy + 1) * TILE_SIZE,
-                       dx * TILE_SIZE:(dx + 1) * TILE_SIZE] = pixels / 255.0
+        else:
+            mosaic = _tiles_mosaic(model, tiles, corner, margin, layout == "blend", ms)
         first = mosaic if first is None else first
         ab = ab_of(mosaic)
         c, r = edge_jump_ratio(ab)
@@ -235,6 +203,35 @@ def score_blocks(model: Any, tiles: Any, corners: list[TileId], margin: int, lay
               "big_rows": statistics.mean(big_rows)}
     assert first is not None  # corners is not empty
     return scores, first
+
+
+def _tiles_mosaic(model: Any, tiles: Any, corner: TileId, margin: int, blend: bool, ms: list[float]
+                  ) -> np.ndarray:
+    """The block colourised a tile a window: each window's centre, or (`blend`) each tile
+    cross-faded with its neighbours' windows (then a ring of windows around the block too);
+    `ms` gets each window's time."""
+    from pipeline.inference.blend import NEIGHBOURS, blend_tile
+    from pipeline.inference.colourise import context_window
+
+    ring = 1 if blend else 0
+    outputs: dict[tuple[int, int], np.ndarray] = {}
+    for dy in range(-ring, BLOCK + ring):
+        for dx in range(-ring, BLOCK + ring):
+            window = context_window(tiles, TileId(corner.z, corner.x + dx, corner.y + dy), margin)
+            t0 = time.perf_counter()
+            rgb = colourise(model, window)
+            ms.append((time.perf_counter() - t0) * 1000)
+            outputs[(dx, dy)] = (rgb * 255).round().astype(np.uint8)
+    mosaic = np.zeros((BLOCK * TILE_SIZE, BLOCK * TILE_SIZE, 3), np.float32)
+    for dy in range(BLOCK):
+        for dx in range(BLOCK):
+            if blend:
+                around = {(ox, oy): outputs[(dx + ox, dy + oy)] for ox, oy in NEIGHBOURS}
+                pixels = blend_tile(around, margin)
+            else:
+                pixels = outputs[(dx, dy)][margin:margin + TILE_SIZE, margin:margin + TILE_SIZE]
+            mosaic[dy * TILE_SIZE:(dy + 1) * TILE_SIZE, dx * TILE_SIZE:(dx + 1) * TILE_SIZE] = pixels / 255.0
+    return mosaic
 
 
 def _pairs_mosaic(model: Any, tiles: Any, corner: TileId, margin: int, ms: list[float]) -> np.ndarray:
