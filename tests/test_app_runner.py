@@ -207,3 +207,12 @@ def test_bf16_speedup_is_a_measured_ratio(instance_model: Path) -> None:
     before = torch.get_num_threads()
     ratio = bf16_speedup(model, 128, threads=1, rounds=1)
     assert ratio > 0 and np.isfinite(ratio) and torch.get_num_threads() == before
+
+
+def test_params_and_the_runner_know_the_same_precisions() -> None:
+    import typing
+
+    from pipeline.core.config import AppConfig
+    from pipeline.inference.layout import PRECISIONS
+
+    assert typing.get_args(AppConfig.model_fields["precision"].annotation) == PRECISIONS

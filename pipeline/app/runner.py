@@ -79,7 +79,7 @@ class ModelRunner:
         `precision`: fp32; bf16 (autocast); auto: bf16 on a CPU that runs the model at least
         BF16_MIN_SPEEDUP times faster that way (timed here, about a second), else fp32."""
         from pipeline.inference.colourise import context_margin, size_multiple
-        from pipeline.inference.layout import BF16_MIN_SPEEDUP, bf16_speedup, use_fast_layout
+        from pipeline.inference.layout import BF16_MIN_SPEEDUP, PRECISIONS, bf16_speedup, use_fast_layout
         from pipeline.training.checkpoint import load_model
         from pipeline.training.devices import pick_device
 
@@ -104,8 +104,9 @@ class ModelRunner:
         self.wait_s = wait_s
         # threads: per pass when passes run side by side; alone_threads: for a pass on its own.
         self.workers, self.threads, self.alone_threads = worker_plan(self.device.type, workers)
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
+                             f"got {precision!r}")
         self.bf16_speedup: float | None = None  # measured when precision is auto, on the CPU
         if precision == "auto" and self.device.type == "cpu":  # timed as the passes will run
             self.bf16_speedup = bf16_speedup(self.model, self.window, threads=self.threads)

@@ -31,6 +31,7 @@ from pipeline.geo.pixels import GrayTiles, to_gray
 from pipeline.geo.tiles import TILE_SIZE, TileId, tile_bounds_3857, union_bounds_wgs84
 from pipeline.geo.tilestore import TileRecord, TileStatus, TileStore, check_store_file, sqlite_files
 from pipeline.inference.blend import NEIGHBOURS, blend_tile
+from pipeline.inference.layout import colourise_windows
 
 MIN_MARGIN = 32
 
@@ -131,7 +132,7 @@ def window_order(todo: list[TileId], has_data: set[TileId]) -> list[TileId]:
 
 
 def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: int, luma: str,
-                    device: Any, batch_size: int = 4, progress: bool = True,
+                    batch_size: int = 4, progress: bool = True,
                     norm_stats_windows: int | None = None) -> ColouriseReport:
     """Colourise every tile with data in `source` into `out` (resumable: done tiles are skipped).
     Each tile is cross-faded from its own and its neighbours' context windows (`blend_tile`), so
@@ -169,10 +170,9 @@ def colourise_store(model: Any, source: TileStore, out: TileStore, *, margin: in
         for i in range(0, len(order), batch_size):
             batch = order[i:i + batch_size]
             windows = np.stack([context_window(gray_tiles, t, margin) for t in batch])
-            a = torch.from_numpy(windows).unsqueeze(1).float().div_(255.0).to(device)
-            rgb = model.colourise(a).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+            rgb = colourise_windows(model, torch.from_numpy(windows).unsqueeze(1).float().div_(255.0))
             finished: list[TileId] = []
-            for w, pixels in zip(batch, rgb.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+            for w, pixels in zip(batch, rgb, strict=True):
                 outputs[w] = pixels
                 for dx, dy in NEIGHBOURS:
                     t = TileId(w.z, w.x + dx, w.y + dy)
@@ -334,7 +334,7 @@ def run(model_file: Path, source_path: Path, out_path: Path, *, geotiff: Path | 
                 "luma": luma, "margin": margin, "norm_stats": norm_label, "complete": "false",
                 "colourised_at": datetime.now(UTC).isoformat(timespec="seconds"),
             })
-            report = colourise_store(model, source, out, margin=margin, luma=luma, device=device,
+            report = colourise_store(model, source, out, margin=margin, luma=luma,
                                      batch_size=batch_size, progress=progress,
                                      norm_stats_windows=norm_stats_windows)
             out.mark_complete()

@@ -40,6 +40,7 @@ def use_fast_layout(model: Any) -> bool:
 
 
 BF16_MIN_SPEEDUP = 1.2  # below this, bfloat16's rounding is not worth it
+PRECISIONS = ("auto", "fp32", "bf16")  # what the web app's passes may run in (app.precision)
 
 
 def colourise_windows(model: Any, gray: Any, *, bf16: bool = False) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.app import AREA_WINDOWS
 from pipeline.core.config import PARAMS_FILE, load_params
 from pipeline.core.errors import LuminescenceError, cli_entry
+from pipeline.inference.layout import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a model with instance norms (the release model) colours each view with "
                              "statistics of N windows spread over its area, so tiles match (default: "
                              f"{AREA_WINDOWS}; 0: each window's own statistics)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="the model's passes: auto (bfloat16 where this CPU runs it at least 1.2x "
                              "faster, timed as the app starts), fp32 or bf16 (default: app.precision, auto)")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: %(default)s)")
